@@ -1,0 +1,1 @@
+"""The shared kernel: what every service uses and nothing service-specific."""

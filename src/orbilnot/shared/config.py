@@ -1,0 +1,81 @@
+"""Settings, read once from the environment at start-up and passed down (never imported as globals).
+
+Names follow SPEC §7: DATABASE_URL, KAFKA_BOOTSTRAP_SERVERS and, for the gateway, BILLING_URL,
+ORDER_URL, NOTIFICATION_URL. Everything else has a default a local run can live with.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+
+class _EnvSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="", case_sensitive=False, extra="ignore")
+
+    log_level: str = "INFO"
+    # JSON log lines in production; `orbilnot up` sets LOG_FORMAT=text for a readable console.
+    log_format: str = Field(default="json", pattern="^(json|text)$")
+
+
+class ServiceSettings(_EnvSettings):
+    """Configuration of one billing, order or notification process."""
+
+    database_url: str
+    kafka_bootstrap_servers: str
+
+    order_event_topic: str = "order.event"
+    payment_event_topic: str = "payment.event"
+    topic_partitions: int = Field(default=6, ge=1)
+
+    db_pool_size: int = Field(default=10, ge=1)
+    # The relay and processors are woken right after the commit that creates their work; this
+    # poll only picks up what other replicas or a crashed process left behind.
+    safety_net_poll_s: float = Field(default=1.0, gt=0)
+    relay_batch_size: int = Field(default=200, ge=1)
+    consumer_batch_size: int = Field(default=500, ge=1)
+
+    @field_validator("database_url")
+    @classmethod
+    def _use_asyncpg(cls, url: str) -> str:
+        return async_database_url(url)
+
+
+class GatewaySettings(_EnvSettings):
+    """Configuration of the API gateway. Each upstream may list several comma-separated URLs."""
+
+    billing_url: Annotated[list[str], NoDecode]
+    order_url: Annotated[list[str], NoDecode]
+    notification_url: Annotated[list[str], NoDecode]
+
+    gateway_connect_timeout_s: float = Field(default=2.0, gt=0)
+    gateway_read_timeout_s: float = Field(default=30.0, gt=0)
+    gateway_max_body_bytes: int = Field(default=1024 * 1024, ge=0)
+    gateway_cors_origins: Annotated[list[str], NoDecode] = ["*"]
+
+    @field_validator("billing_url", "order_url", "notification_url", "gateway_cors_origins", mode="before")
+    @classmethod
+    def _split_commas(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip().rstrip("/") for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("billing_url", "order_url", "notification_url")
+    @classmethod
+    def _http_urls(cls, urls: list[str]) -> list[str]:
+        if not urls:
+            raise ValueError("at least one upstream URL is required")
+        for url in urls:
+            if not url.startswith(("http://", "https://")):
+                raise ValueError(f"upstream URL must start with http:// or https://: {url!r}")
+        return urls
+
+
+def async_database_url(url: str) -> str:
+    """Accept the plain `postgresql://` form operators write and select the asyncpg driver."""
+    for prefix in ("postgresql://", "postgres://"):
+        if url.startswith(prefix):
+            return "postgresql+asyncpg://" + url[len(prefix) :]
+    return url
