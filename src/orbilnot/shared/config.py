@@ -12,7 +12,9 @@ from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
-class _EnvSettings(BaseSettings):
+class ProcessSettings(BaseSettings):
+    """What every orbilnot process reads: how to log."""
+
     model_config = SettingsConfigDict(env_prefix="", case_sensitive=False, extra="ignore")
 
     log_level: str = "INFO"
@@ -20,7 +22,7 @@ class _EnvSettings(BaseSettings):
     log_format: str = Field(default="json", pattern="^(json|text)$")
 
 
-class ServiceSettings(_EnvSettings):
+class ServiceSettings(ProcessSettings):
     """Configuration of one billing, order or notification process."""
 
     database_url: str
@@ -43,7 +45,7 @@ class ServiceSettings(_EnvSettings):
         return async_database_url(url)
 
 
-class GatewaySettings(_EnvSettings):
+class GatewaySettings(ProcessSettings):
     """Configuration of the API gateway. Each upstream may list several comma-separated URLs."""
 
     billing_url: Annotated[list[str], NoDecode]

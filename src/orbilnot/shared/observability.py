@@ -24,9 +24,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 REQUEST_ID_HEADER = "X-Request-ID"
 request_id_var: ContextVar[str | None] = ContextVar("request_id", default=None)
 
-HTTP_REQUESTS = Counter(
-    "orbilnot_http_requests_total", "HTTP requests served", ["method", "route", "status"]
-)
+HTTP_REQUESTS = Counter("orbilnot_http_requests_total", "HTTP requests served", ["method", "route", "status"])
 HTTP_LATENCY = Histogram(
     "orbilnot_http_request_duration_seconds",
     "Time to answer an HTTP request",
@@ -127,9 +125,7 @@ def health_routes(readiness: ReadinessCheck | None = None) -> list[Route]:
     async def ready(_: Request) -> Response:
         checks = await readiness() if readiness else {}
         ok = all(checks.values())
-        return JSONResponse(
-            {"status": "UP" if ok else "DOWN", "checks": checks}, status_code=200 if ok else 503
-        )
+        return JSONResponse({"status": "UP" if ok else "DOWN", "checks": checks}, status_code=200 if ok else 503)
 
     async def metrics(_: Request) -> Response:
         return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,85 @@
+"""The two integration events of SPEC §4, as every service reads and writes them.
+
+JSON values with camelCase fields; the Kafka key is the account id, so one account's events
+stay in order on one partition. `eventId` is fixed when the event is recorded in the database,
+so a re-publish after a crash carries the same id and consumers recognise the duplicate.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime
+from enum import StrEnum
+from uuid import UUID
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+from pydantic.alias_generators import to_camel
+
+from orbilnot.shared.money import PositiveMoney
+
+_UUID = "[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
+ORDER_NUMBER_PATTERN = f"^{_UUID}:{_UUID}$"
+_ORDER_NUMBER = re.compile(ORDER_NUMBER_PATTERN)
+
+
+def order_number_of(account_id: UUID, order_id: UUID) -> str:
+    """The order number the seed uses everywhere: `{accountId}:{orderId}`."""
+    return f"{account_id}:{order_id}"
+
+
+def parse_order_number(order_number: str) -> tuple[UUID, UUID]:
+    """`{accountId}:{orderId}` → (account id, order id); ValueError when it is not that shape."""
+    if not _ORDER_NUMBER.match(order_number):
+        raise ValueError(f"not an order number: {order_number!r}")
+    account, order = order_number.split(":")
+    return UUID(account), UUID(order)
+
+
+class _Event(BaseModel):
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, frozen=True, extra="ignore")
+
+    def to_json(self) -> bytes:
+        return self.model_dump_json(by_alias=True).encode()
+
+
+class OrderEventType(StrEnum):
+    CREATED = "CREATED"
+    CANCELLED = "CANCELLED"
+
+
+class OrderEvent(_Event):
+    """Published by order on `order.event`: an order to be paid (CREATED) or refunded (CANCELLED)."""
+
+    event_id: UUID
+    event_type: OrderEventType
+    account_id: UUID
+    order_number: str = Field(pattern=ORDER_NUMBER_PATTERN)
+    amount: PositiveMoney
+    occurred_at: AwareDatetime
+
+
+# The `description` of a PAYMENT_DENIED for lack of money: the original's exact text, spelling
+# included, because clients compare it (SPEC §3).
+NOT_ENOUGH_BALANCE = "Not enough balance for commiting payment for order"
+
+
+class PaymentEventType(StrEnum):
+    PAYMENT_CONFIRMED = "PAYMENT_CONFIRMED"
+    PAYMENT_DENIED = "PAYMENT_DENIED"
+    REFUNDED = "REFUNDED"
+
+
+class PaymentEvent(_Event):
+    """Published by billing on `payment.event`: what became of an order's payment or refund."""
+
+    event_id: UUID
+    payment_event_type: PaymentEventType
+    account_id: UUID
+    order_number: str = Field(pattern=ORDER_NUMBER_PATTERN)
+    amount: PositiveMoney
+    description: str | None = Field(default=None, max_length=1000)
+    occurred_at: AwareDatetime
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)

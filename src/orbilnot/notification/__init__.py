@@ -1,0 +1,1 @@
+"""Notification: one stored notification per payment outcome (SPEC §3, §5)."""

@@ -1,0 +1,42 @@
+"""Notification's HTTP edge (SPEC §3 `/notifications`)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from uuid import UUID
+
+from fastapi import APIRouter
+
+from orbilnot.notification import handlers
+from orbilnot.shared.schemas import ApiModel
+from orbilnot.shared.service import KernelDep
+
+router = APIRouter(tags=["notifications"])
+
+
+class NotificationResponse(ApiModel):
+    id: UUID
+    account_id: UUID
+    order_number: str
+    notification_type: str
+    title: str
+    body: str
+    created_at: datetime
+
+
+@router.get("/{account_id}", summary="An account's notifications, oldest first")
+async def list_notifications(account_id: UUID, kernel: KernelDep) -> list[NotificationResponse]:
+    async with kernel.engine.connect() as conn:
+        found = await handlers.list_notifications(conn, account_id)
+    return [
+        NotificationResponse(
+            id=n.id,
+            account_id=n.account_id,
+            order_number=n.order_number,
+            notification_type=n.notification_type,
+            title=n.title,
+            body=n.body,
+            created_at=n.created_at,
+        )
+        for n in found
+    ]

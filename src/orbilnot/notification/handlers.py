@@ -1,0 +1,62 @@
+"""Notification's use cases."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from uuid import UUID
+
+from sqlalchemy import select
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from orbilnot.model import PaymentEvent
+from orbilnot.notification.domain import render
+from orbilnot.notification.tables import notifications
+
+
+@dataclass(frozen=True, slots=True)
+class Notification:
+    id: UUID
+    account_id: UUID
+    order_number: str
+    notification_type: str
+    title: str
+    body: str
+    created_at: datetime
+
+
+async def store_notification(conn: AsyncConnection, event: PaymentEvent) -> None:
+    """seed: PaymentEventListener. Insert first; the unique constraints drop a duplicate."""
+    message = render(event)
+    await conn.execute(
+        pg_insert(notifications)
+        .values(
+            id=uuid.uuid4(),
+            event_id=event.event_id,
+            account_id=event.account_id,
+            order_number=event.order_number,
+            notification_type=event.payment_event_type.value,
+            title=message.title,
+            body=message.body,
+        )
+        .on_conflict_do_nothing()
+    )
+
+
+async def list_notifications(conn: AsyncConnection, account_id: UUID) -> list[Notification]:
+    rows = await conn.execute(
+        select(
+            notifications.c.id,
+            notifications.c.account_id,
+            notifications.c.order_number,
+            notifications.c.notification_type,
+            notifications.c.title,
+            notifications.c.body,
+            notifications.c.created_at,
+        )
+        .where(notifications.c.account_id == account_id)
+        .order_by(notifications.c.seq)
+    )
+    return [Notification(*row) for row in rows]

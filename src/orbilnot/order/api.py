@@ -1,0 +1,111 @@
+"""Order's HTTP edge (SPEC §3 `/orders`): parse, call a handler in one transaction, answer."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated
+from uuid import UUID
+
+from fastapi import APIRouter, Header, Response
+from pydantic import Field
+
+from orbilnot.order import handlers
+from orbilnot.order.domain import OrderStatus
+from orbilnot.shared.money import Money, PositiveMoney
+from orbilnot.shared.schemas import ApiModel
+from orbilnot.shared.service import KernelDep
+
+router = APIRouter(tags=["orders"])
+
+
+class PlaceOrderRequest(ApiModel):
+    account_id: UUID
+    amount: PositiveMoney
+
+
+class AmendOrderRequest(ApiModel):
+    account_id: UUID
+    order_number: str = Field(max_length=100)
+    amount: PositiveMoney
+
+
+class WithdrawOrderRequest(ApiModel):
+    account_id: UUID
+    order_number: str = Field(max_length=100)
+
+
+class OrderResponse(ApiModel):
+    id: UUID
+    order_number: str
+    account_id: UUID
+    amount: Money
+    status: OrderStatus
+    created_at: datetime
+    updated_at: datetime
+
+    @classmethod
+    def of(cls, order: handlers.Order) -> OrderResponse:
+        return cls(
+            id=order.id,
+            order_number=order.order_number,
+            account_id=order.account_id,
+            amount=order.amount,
+            status=order.status,
+            created_at=order.created_at,
+            updated_at=order.updated_at,
+        )
+
+
+@router.post("", summary="Place an order; answers its id", responses={409: {"description": "Key reused"}})
+async def place_order(
+    body: PlaceOrderRequest,
+    kernel: KernelDep,
+    idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
+) -> UUID:
+    async with kernel.engine.begin() as conn:
+        order_id = await handlers.place_order(conn, body.account_id, body.amount, idempotency_key)
+    kernel.wake_relays()
+    return order_id
+
+
+@router.get("/{account_id}", summary="An account's orders, oldest first")
+async def list_orders(account_id: UUID, kernel: KernelDep) -> list[OrderResponse]:
+    async with kernel.engine.connect() as conn:
+        return [OrderResponse.of(order) for order in await handlers.list_orders(conn, account_id)]
+
+
+@router.get("/{account_id}/{order_id}", summary="One order", responses={404: {}})
+async def get_order(account_id: UUID, order_id: UUID, kernel: KernelDep) -> OrderResponse:
+    async with kernel.engine.connect() as conn:
+        return OrderResponse.of(await handlers.get_order(conn, account_id, order_id))
+
+
+@router.put(
+    "",
+    summary="Change the amount of a NEW order",
+    responses={404: {}, 409: {"description": "The order is no longer NEW"}},
+)
+async def amend_order(body: AmendOrderRequest, kernel: KernelDep) -> OrderResponse:
+    async with kernel.engine.begin() as conn:
+        order = await handlers.amend_order(conn, body.account_id, body.order_number, body.amount)
+    return OrderResponse.of(order)
+
+
+@router.delete(
+    "",
+    summary="Withdraw an order: remove it if never charged (204), refund it if charged (200)",
+    response_model=OrderResponse,
+    responses={
+        200: {"description": "Refund requested, or already under way or done: the order"},
+        204: {"description": "The order was never charged and is gone"},
+        404: {},
+        409: {"description": "Its payment is in progress"},
+    },
+)
+async def withdraw_order(body: WithdrawOrderRequest, kernel: KernelDep) -> OrderResponse | Response:
+    async with kernel.engine.begin() as conn:
+        order = await handlers.withdraw_order(conn, body.account_id, body.order_number)
+    if order is None:
+        return Response(status_code=204)
+    kernel.wake_relays()
+    return OrderResponse.of(order)

@@ -1,0 +1,246 @@
+"""Order's use cases. Each takes a connection inside a transaction that its caller owns (a route's
+`engine.begin()`, the consumer's batch, the relay's step) and returns plain values."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+from uuid import UUID
+
+from sqlalchemy import Row, bindparam, delete, func, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from orbilnot.model import OrderEvent, OrderEventType, PaymentEvent, order_number_of, parse_order_number
+from orbilnot.order import domain
+from orbilnot.order.domain import OrderStatus, Withdrawal
+from orbilnot.order.tables import orders, processed_events
+from orbilnot.shared.errors import Conflict, NotFound
+from orbilnot.shared.relay import OutgoingMessage
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Order:
+    id: UUID
+    order_number: str
+    account_id: UUID
+    amount: Decimal
+    status: OrderStatus
+    created_at: datetime
+    updated_at: datetime
+
+    @classmethod
+    def of(cls, row: Row[Any]) -> Order:
+        return cls(
+            row.id, row.order_number, row.account_id, row.amount, OrderStatus(row.status),
+            row.created_at, row.updated_at,
+        )  # fmt: skip
+
+
+# -- HTTP --------------------------------------------------------------------------------------
+
+
+async def place_order(
+    conn: AsyncConnection, account_id: UUID, amount: Decimal, idempotency_key: str | None = None
+) -> UUID:
+    """Commit a NEW order that owes `order.event` its CREATED event.
+
+    With an idempotency key, a repeat of the same request returns the first order's id; the
+    unique index on the key settles a race between two identical requests.
+    """
+    order_id = uuid.uuid4()
+    fingerprint = _fingerprint(account_id, amount) if idempotency_key else None
+    inserted = await conn.scalar(
+        pg_insert(orders)
+        .values(
+            id=order_id,
+            account_id=account_id,
+            order_number=order_number_of(account_id, order_id),
+            amount=amount,
+            status=OrderStatus.NEW.value,
+            pending_event_type=OrderEventType.CREATED.value,
+            pending_event_id=uuid.uuid4(),
+            idempotency_key=idempotency_key,
+            request_fingerprint=fingerprint,
+        )
+        .on_conflict_do_nothing(index_elements=[orders.c.idempotency_key])
+        .returning(orders.c.id)
+    )
+    if inserted is not None:
+        return order_id
+    first = (
+        await conn.execute(
+            select(orders.c.id, orders.c.request_fingerprint).where(orders.c.idempotency_key == idempotency_key)
+        )
+    ).one()
+    if first.request_fingerprint != fingerprint:
+        raise Conflict("this Idempotency-Key was used with a different request")
+    return UUID(str(first.id))
+
+
+async def list_orders(conn: AsyncConnection, account_id: UUID) -> list[Order]:
+    rows = await conn.execute(select(orders).where(orders.c.account_id == account_id).order_by(orders.c.seq))
+    return [Order.of(row) for row in rows]
+
+
+async def get_order(conn: AsyncConnection, account_id: UUID, order_id: UUID) -> Order:
+    row = (await conn.execute(select(orders).where(orders.c.id == order_id, orders.c.account_id == account_id))).first()
+    if row is None:
+        raise NotFound(f"order {order_id} of account {account_id} not found")
+    return Order.of(row)
+
+
+async def amend_order(conn: AsyncConnection, account_id: UUID, order_number: str, amount: Decimal) -> Order:
+    row = await _lock_order(conn, account_id, order_number)
+    domain.ensure_amendable(OrderStatus(row.status))
+    changed = (
+        await conn.execute(
+            update(orders)
+            .where(orders.c.id == row.id)
+            .values(amount=amount, updated_at=func.now())
+            .returning(*orders.c)
+        )
+    ).one()
+    return Order.of(changed)
+
+
+async def withdraw_order(conn: AsyncConnection, account_id: UUID, order_number: str) -> Order | None:
+    """DELETE: remove an order never charged (None), or start its refund, at most once."""
+    row = await _lock_order(conn, account_id, order_number)
+    action = domain.withdrawal(OrderStatus(row.status))
+    if action is Withdrawal.REMOVE:
+        await conn.execute(delete(orders).where(orders.c.id == row.id))
+        return None
+    if action is Withdrawal.NOTHING:
+        return Order.of(row)
+    refunding = (
+        await conn.execute(
+            update(orders)
+            .where(orders.c.id == row.id)
+            .values(
+                status=OrderStatus.REFUND_PENDING.value,
+                pending_event_type=OrderEventType.CANCELLED.value,
+                pending_event_id=uuid.uuid4(),
+                updated_at=func.now(),
+            )
+            .returning(*orders.c)
+        )
+    ).one()
+    return Order.of(refunding)
+
+
+async def _lock_order(conn: AsyncConnection, account_id: UUID, order_number: str) -> Row[Any]:
+    """Lock the order row. If the relay is publishing it right now, this waits for its commit,
+    so what we then see already says whether the event went out."""
+    try:
+        owner, _ = parse_order_number(order_number)
+    except ValueError:
+        raise NotFound(f"order {order_number} not found") from None
+    row = (
+        await conn.execute(
+            select(orders)
+            .where(orders.c.order_number == order_number, orders.c.account_id == account_id)
+            .with_for_update()
+        )
+    ).first()
+    if row is None or owner != account_id:
+        raise NotFound(f"order {order_number} of account {account_id} not found")
+    return row
+
+
+def _fingerprint(account_id: UUID, amount: Decimal) -> str:
+    return hashlib.sha256(f"{account_id}|{amount:.2f}".encode()).hexdigest()
+
+
+# -- Kafka -------------------------------------------------------------------------------------
+
+
+async def apply_payment_result(conn: AsyncConnection, event: PaymentEvent) -> None:
+    """seed: PaymentEventListener. Each payment event moves its order once; a redelivery is
+    dropped by the inbox's primary key, a result that does not fit the order's status is a
+    logged no-op."""
+    first_time = await conn.scalar(
+        pg_insert(processed_events)
+        .values(event_id=event.event_id)
+        .on_conflict_do_nothing()
+        .returning(processed_events.c.event_id)
+    )
+    if first_time is None:
+        return
+    row = (
+        await conn.execute(
+            select(orders.c.id, orders.c.status).where(orders.c.order_number == event.order_number).with_for_update()
+        )
+    ).first()
+    if row is None:
+        log.warning("payment event %s for unknown order %s ignored", event.event_id, event.order_number)
+        return
+    current = OrderStatus(row.status)
+    new_status = domain.payment_result(current, event.payment_event_type)
+    if new_status is None:
+        log.info(
+            "payment event %s (%s) does not apply to order %s in status %s; ignored",
+            event.event_id, event.payment_event_type, event.order_number, current,
+        )  # fmt: skip
+        return
+    # The result answers the event the order was waiting on, so nothing is pending any more.
+    await conn.execute(
+        update(orders)
+        .where(orders.c.id == row.id)
+        .values(status=new_status.value, pending_event_type=None, pending_event_id=None, updated_at=func.now())
+    )
+
+
+class OrderEventsSource:
+    """The relay's view of orders: rows with a pending event owe `order.event` a message."""
+
+    name = "order.order-events"
+
+    def __init__(self, topic: str) -> None:
+        self.topic = topic
+
+    async def claim(self, conn: AsyncConnection, limit: int) -> Sequence[Row[Any]]:
+        return (
+            await conn.execute(
+                select(orders)
+                .where(orders.c.pending_event_id.is_not(None))
+                .order_by(orders.c.seq)
+                .limit(limit)
+                .with_for_update(skip_locked=True)
+            )
+        ).all()
+
+    def message(self, row: Row[Any]) -> OutgoingMessage:
+        event = OrderEvent(
+            event_id=row.pending_event_id,
+            event_type=OrderEventType(row.pending_event_type),
+            account_id=row.account_id,
+            order_number=row.order_number,
+            amount=row.amount,
+            occurred_at=row.updated_at,
+        )
+        return OutgoingMessage(self.topic, key=str(row.account_id).encode(), value=event.to_json())
+
+    async def mark_published(self, conn: AsyncConnection, rows: Sequence[Row[Any]]) -> None:
+        await conn.execute(
+            update(orders)
+            .where(orders.c.id == bindparam("b_id"))
+            .values(
+                status=bindparam("b_status"), pending_event_type=None, pending_event_id=None, updated_at=func.now()
+            ),
+            [
+                {
+                    "b_id": row.id,
+                    "b_status": domain.published(OrderStatus(row.status), OrderEventType(row.pending_event_type)).value,
+                }
+                for row in rows
+            ],
+        )

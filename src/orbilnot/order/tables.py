@@ -1,0 +1,36 @@
+"""Order's tables, all in the `order_service` schema (the migrations create them)."""
+
+from sqlalchemy import BigInteger, Column, DateTime, Identity, MetaData, Numeric, Table, Text, Uuid, func
+
+SCHEMA = "order_service"
+metadata = MetaData(schema=SCHEMA)
+
+# The order row is also its own outbox: `pending_event_type`/`pending_event_id` say which event
+# it still owes `order.event`. The relay claims such rows with SKIP LOCKED and clears them once
+# the broker acknowledged. Amending or deleting an order locks the same row, so neither can slip
+# in between "published" and "marked SENT".
+orders = Table(
+    "orders",
+    metadata,
+    Column("id", Uuid, primary_key=True),
+    Column("seq", BigInteger, Identity(), nullable=False, unique=True),
+    Column("account_id", Uuid, nullable=False),
+    Column("order_number", Text, nullable=False, unique=True),
+    Column("amount", Numeric(14, 2), nullable=False),
+    Column("status", Text, nullable=False),
+    Column("pending_event_type", Text),
+    Column("pending_event_id", Uuid, unique=True),
+    Column("idempotency_key", Text, unique=True),
+    Column("request_fingerprint", Text),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+)
+
+# The inbox of payment events: the event id is inserted first, so a redelivery is dropped by
+# the primary key before it can touch an order.
+processed_events = Table(
+    "processed_events",
+    metadata,
+    Column("event_id", Uuid, primary_key=True),
+    Column("processed_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+)

@@ -1,0 +1,189 @@
+"""The idempotent consumer: the inbox half of the saga, written once.
+
+For each batch polled from Kafka:
+
+1. every message is parsed and validated into its event model; one that fails goes, unchanged,
+   to `<topic>.dlt` with the error in a header, and is not looked at again;
+2. the valid events are handed to the service's handler inside ONE database transaction; the
+   handler lets the database detect duplicates (a primary key or unique constraint on the event
+   id, `INSERT … ON CONFLICT DO NOTHING` first), so a redelivered event changes nothing;
+3. only after that commit are the offsets committed to Kafka. A crash in between means the batch
+   is delivered again, and step 2 drops what was already stored.
+
+When the database is unreachable the batch is retried, with backoff, until it is stored (the
+offsets stay put, so nothing is skipped). When a batch fails for any other reason, its events are
+retried one per transaction, and one that still fails on its own goes to the dead-letter topic:
+a bad event must not stop the partition behind it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Generic, TypeVar
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.errors import CommitFailedError, KafkaError
+from aiokafka.structs import ConsumerRecord
+from prometheus_client import Counter
+from pydantic import BaseModel, ValidationError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from orbilnot.shared.db import is_connection_problem
+from orbilnot.shared.kafka import ProducerHandle, create_consumer, send_to_dead_letter
+
+log = logging.getLogger(__name__)
+
+CONSUMED = Counter("orbilnot_consumer_events_total", "Events consumed and stored", ["topic", "group"])
+DEAD_LETTERED = Counter("orbilnot_consumer_dead_letters_total", "Messages sent to a DLT", ["topic"])
+
+Event = TypeVar("Event", bound=BaseModel)
+Handler = Callable[[AsyncConnection, Event], Awaitable[None]]
+
+
+class IdempotentConsumer(Generic[Event]):
+    def __init__(
+        self,
+        *,
+        topic: str,
+        group_id: str,
+        model: type[Event],
+        handle: Handler[Event],
+        engine: AsyncEngine,
+        producer: ProducerHandle,
+        bootstrap_servers: str,
+        client_id: str,
+        batch_size: int,
+        after_commit: Callable[[], None] | None = None,
+    ) -> None:
+        self.topic = topic
+        self.group_id = group_id
+        self._model = model
+        self._handle = handle
+        self._engine = engine
+        self._producer = producer
+        self._bootstrap_servers = bootstrap_servers
+        self._client_id = client_id
+        self._batch_size = batch_size
+        self._after_commit = after_commit
+        self._consumer: AIOKafkaConsumer | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._stopping = False
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name=f"consumer:{self.topic}")
+
+    async def stop(self, timeout_s: float = 8.0) -> None:
+        """Finish the batch in hand (store it and commit its offsets), then leave the group."""
+        self._stopping = True
+        if self._task is not None:
+            try:
+                await asyncio.wait_for(asyncio.shield(self._task), timeout_s)
+            except TimeoutError:
+                self._task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._task
+
+    @property
+    def running(self) -> bool:
+        return self._task is not None and not self._task.done()
+
+    async def _run(self) -> None:
+        backoff_s = 0.2
+        while not self._stopping:
+            try:
+                self._consumer = create_consumer(
+                    self.topic,
+                    bootstrap_servers=self._bootstrap_servers,
+                    group_id=self.group_id,
+                    client_id=self._client_id,
+                )
+                await self._consumer.start()
+                backoff_s = 0.2
+                while not self._stopping:
+                    await self._poll_once(self._consumer)
+            except (KafkaError, OSError) as error:
+                log.warning("consumer of %s lost Kafka (%s); reconnecting in %.1fs", self.topic, error, backoff_s)
+                await asyncio.sleep(backoff_s)
+                backoff_s = min(backoff_s * 2, 5.0)
+            finally:
+                if self._consumer is not None:
+                    with contextlib.suppress(Exception):
+                        await self._consumer.stop()
+                    self._consumer = None
+
+    # -- one batch ---------------------------------------------------------------------------
+
+    async def _poll_once(self, consumer: AIOKafkaConsumer) -> None:
+        batches = await consumer.getmany(timeout_ms=500, max_records=self._batch_size)
+        if not batches:
+            return
+        records = [record for partition_records in batches.values() for record in partition_records]
+        events: list[tuple[ConsumerRecord, Event]] = []
+        for record in records:
+            event = await self._parse_or_dead_letter(record)
+            if event is not None:
+                events.append((record, event))
+        if events:
+            await self._store(events)
+        await self._commit_offsets(consumer, batches)
+        if events and self._after_commit is not None:
+            self._after_commit()
+
+    async def _parse_or_dead_letter(self, record: ConsumerRecord) -> Event | None:
+        try:
+            if record.value is None:
+                raise ValueError("message has no value")
+            return self._model.model_validate_json(record.value)
+        except (ValidationError, ValueError) as error:
+            await self._dead_letter(record, f"{type(error).__name__}: {error}")
+            return None
+
+    async def _store(self, events: list[tuple[ConsumerRecord, Event]]) -> None:
+        try:
+            await self._store_until_stored(events)
+        except Exception as batch_error:
+            if len(events) == 1:
+                record, _ = events[0]
+                await self._dead_letter(record, f"could not be processed: {batch_error!r}")
+                return
+            log.warning("batch of %d from %s failed (%r); retrying one by one", len(events), self.topic, batch_error)
+            for one in events:
+                await self._store([one])
+
+    async def _store_until_stored(self, events: list[tuple[ConsumerRecord, Event]]) -> None:
+        """One transaction for the batch; retried while the database is unreachable."""
+        backoff_s = 0.1
+        while True:
+            try:
+                async with self._engine.begin() as conn:
+                    for _, event in events:
+                        await self._handle(conn, event)
+                CONSUMED.labels(self.topic, self.group_id).inc(len(events))
+                return
+            except Exception as error:
+                if not is_connection_problem(error):
+                    raise
+                log.warning("database unavailable while storing from %s (%s); retrying", self.topic, error)
+                await asyncio.sleep(backoff_s)
+                backoff_s = min(backoff_s * 2, 5.0)
+
+    async def _dead_letter(self, record: ConsumerRecord, error: str) -> None:
+        log.error("dead-lettering %s[%d]@%d: %s", record.topic, record.partition, record.offset, error[:500])
+        await send_to_dead_letter(self._producer.producer, record, error)
+        DEAD_LETTERED.labels(record.topic).inc()
+
+    async def _commit_offsets(
+        self, consumer: AIOKafkaConsumer, batches: dict[TopicPartition, list[ConsumerRecord]]
+    ) -> None:
+        offsets = {tp: records[-1].offset + 1 for tp, records in batches.items() if records}
+        try:
+            await consumer.commit(offsets)
+        except CommitFailedError as error:
+            # The group rebalanced while we worked: the new owner gets these again and drops them
+            # as duplicates. Nothing is lost.
+            log.warning("offset commit for %s failed after a rebalance: %s", self.topic, error)

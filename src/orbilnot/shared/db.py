@@ -1,0 +1,52 @@
+"""The database: one async engine per process, built at start-up from the settings.
+
+Services use SQLAlchemy Core (tables and statements), not the ORM: every handler is a handful of
+explicit statements — `FOR UPDATE SKIP LOCKED`, `ON CONFLICT DO NOTHING`, conditional updates —
+and Core keeps them visible and cheap.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+from orbilnot.shared.config import ServiceSettings
+
+
+def create_engine(settings: ServiceSettings, *, application_name: str) -> AsyncEngine:
+    return create_async_engine(
+        settings.database_url,
+        pool_size=settings.db_pool_size,
+        max_overflow=settings.db_pool_size,
+        # A connection that died with a PostgreSQL restart is found out before a request uses it.
+        pool_pre_ping=True,
+        pool_recycle=1800,
+        connect_args={
+            "server_settings": {"application_name": application_name},
+            "timeout": 5,
+            "command_timeout": 30,
+        },
+    )
+
+
+async def database_is_up(engine: AsyncEngine, timeout_s: float = 2.0) -> bool:
+    try:
+        async with asyncio.timeout(timeout_s), engine.connect() as conn:
+            await conn.execute(text("SELECT 1"))
+        return True
+    except (TimeoutError, OSError, DBAPIError):
+        return False
+
+
+def is_connection_problem(error: BaseException) -> bool:
+    """True when an error says the database could not be reached, not that a statement was wrong.
+
+    Workers retry the first kind forever (the database will come back) and treat the second kind
+    as a fault of the message or row at hand.
+    """
+    if isinstance(error, DBAPIError) and error.connection_invalidated:
+        return True
+    return isinstance(error, (OperationalError, InterfaceError, OSError, TimeoutError, ConnectionError))

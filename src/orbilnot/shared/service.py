@@ -1,0 +1,216 @@
+"""What every service process is made of, and the one place its web app is assembled.
+
+`ServiceKernel` holds the process's connections and background loops (relays, processors,
+consumers). It is built from the settings in the app's lifespan, never at import time, and it
+starts Kafka work in the background so the process comes up (and answers 503 on /health/ready)
+even while the broker is still starting.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import asynccontextmanager
+from typing import Annotated, Any, TypeVar
+
+from fastapi import APIRouter, Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from orbilnot.shared.config import ServiceSettings
+from orbilnot.shared.consumer import IdempotentConsumer
+from orbilnot.shared.db import create_engine, database_is_up
+from orbilnot.shared.errors import Conflict, NotFound
+from orbilnot.shared.kafka import ProducerHandle, ensure_topics
+from orbilnot.shared.observability import (
+    RequestContextMiddleware,
+    StripTrailingSlashMiddleware,
+    health_routes,
+)
+from orbilnot.shared.relay import OutboxRelay, OutboxSource
+from orbilnot.shared.worker import Step, Worker
+
+log = logging.getLogger(__name__)
+
+Event = TypeVar("Event", bound=BaseModel)
+Row = TypeVar("Row")
+
+
+class ServiceKernel:
+    def __init__(self, settings: ServiceSettings, *, service: str) -> None:
+        self.settings = settings
+        self.service = service
+        self.engine = create_engine(settings, application_name=f"orbilnot-{service}")
+        self.producer = ProducerHandle(settings.kafka_bootstrap_servers, client_id=f"orbilnot-{service}")
+        self._workers: list[Worker] = []
+        self._relays: list[OutboxRelay[Any]] = []
+        self._consumers: list[IdempotentConsumer[Any]] = []
+        self._topics = [
+            settings.order_event_topic,
+            settings.payment_event_topic,
+            f"{settings.order_event_topic}.dlt",
+            f"{settings.payment_event_topic}.dlt",
+        ]
+        self._kafka_task: asyncio.Task[None] | None = None
+
+    # -- wiring (called by each service's composition root) ---------------------------------
+
+    def relay(self, source: OutboxSource[Row]) -> OutboxRelay[Row]:
+        relay = OutboxRelay(
+            source,
+            engine=self.engine,
+            producer=self.producer,
+            batch_size=self.settings.relay_batch_size,
+            poll_interval_s=self.settings.safety_net_poll_s,
+        )
+        self._workers.append(relay.worker)
+        self._relays.append(relay)
+        return relay
+
+    def wake_relays(self) -> None:
+        """Say, right after a commit, that there may be something new to publish."""
+        for relay in self._relays:
+            relay.wake()
+
+    def worker(self, name: str, step: Step) -> Worker:
+        worker = Worker(name, step, poll_interval_s=self.settings.safety_net_poll_s)
+        self._workers.append(worker)
+        return worker
+
+    def consumer(
+        self,
+        topic: str,
+        model: type[Event],
+        handle: Callable[[AsyncConnection, Event], Awaitable[None]],
+        *,
+        after_commit: Callable[[], None] | None = None,
+    ) -> IdempotentConsumer[Event]:
+        consumer = IdempotentConsumer(
+            topic=topic,
+            group_id=f"orbilnot-{self.service}",
+            model=model,
+            handle=handle,
+            engine=self.engine,
+            producer=self.producer,
+            bootstrap_servers=self.settings.kafka_bootstrap_servers,
+            client_id=f"orbilnot-{self.service}",
+            batch_size=self.settings.consumer_batch_size,
+            after_commit=after_commit,
+        )
+        self._consumers.append(consumer)
+        return consumer
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self._kafka_task = asyncio.create_task(self._connect_kafka_then_start(), name="kafka-connect")
+
+    async def _connect_kafka_then_start(self) -> None:
+        backoff_s = 0.2
+        while True:
+            try:
+                await ensure_topics(
+                    self.settings.kafka_bootstrap_servers,
+                    self._topics,
+                    partitions=self.settings.topic_partitions,
+                )
+                await self.producer.connect()
+                break
+            except Exception as error:
+                log.warning("Kafka not reachable yet (%s); retrying in %.1fs", error, backoff_s)
+                await asyncio.sleep(backoff_s)
+                backoff_s = min(backoff_s * 2, 5.0)
+        for worker in self._workers:
+            worker.start()
+        for consumer in self._consumers:
+            consumer.start()
+        log.info("%s connected to Kafka; %d loops running", self.service, len(self._workers) + len(self._consumers))
+
+    async def stop(self) -> None:
+        """Stop taking new work, finish what is in hand, then close connections."""
+        if self._kafka_task is not None and not self._kafka_task.done():
+            self._kafka_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._kafka_task
+        await asyncio.gather(*(c.stop() for c in self._consumers))
+        await asyncio.gather(*(w.stop() for w in self._workers))
+        await self.producer.close()
+        await self.engine.dispose()
+
+    async def readiness(self) -> dict[str, bool]:
+        return {
+            "database": await database_is_up(self.engine),
+            "kafka": self.producer.connected and all(c.running for c in self._consumers),
+        }
+
+
+def _kernel_of(request: Request) -> ServiceKernel:
+    kernel: ServiceKernel = request.app.state.kernel
+    return kernel
+
+
+KernelDep = Annotated[ServiceKernel, Depends(_kernel_of)]
+"""What a route declares to reach its process's kernel (engine, relays)."""
+
+
+def create_service_app(
+    *,
+    title: str,
+    prefix: str,
+    routers: Sequence[APIRouter],
+    build_kernel: Callable[[], ServiceKernel],
+) -> FastAPI:
+    """A service's FastAPI app: its API under `prefix`, docs under the prefix, health at root.
+
+    `build_kernel` runs in the lifespan, so nothing connects at import time; routes reach the
+    kernel (and what the service hung on it) through `request.app.state.kernel`.
+    """
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        kernel = build_kernel()
+        app.state.kernel = kernel
+        await kernel.start()
+        try:
+            yield
+        finally:
+            await kernel.stop()
+
+    app = FastAPI(
+        title=title,
+        lifespan=lifespan,
+        docs_url=f"{prefix}/docs",
+        redoc_url=f"{prefix}/redoc",
+        openapi_url=f"{prefix}/openapi.json",
+        redirect_slashes=False,
+    )
+    for router in routers:
+        app.include_router(router, prefix=prefix)
+
+    async def readiness() -> dict[str, bool]:
+        kernel: ServiceKernel | None = getattr(app.state, "kernel", None)
+        return await kernel.readiness() if kernel else {"started": False}
+
+    app.router.routes.extend(health_routes(readiness))
+
+    @app.exception_handler(NotFound)
+    async def not_found(_: Request, error: NotFound) -> JSONResponse:
+        return JSONResponse({"detail": str(error)}, status_code=404)
+
+    @app.exception_handler(Conflict)
+    async def conflict(_: Request, error: Conflict) -> JSONResponse:
+        return JSONResponse({"detail": str(error)}, status_code=409)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(_: Request, error: RequestValidationError) -> JSONResponse:
+        # FastAPI's default answer, minus the echoed input (it can be a 1 MB body).
+        details = [{k: v for k, v in e.items() if k not in ("input", "ctx", "url")} for e in error.errors()]
+        return JSONResponse({"detail": details}, status_code=422)
+
+    app.add_middleware(StripTrailingSlashMiddleware)
+    app.add_middleware(RequestContextMiddleware)
+    return app
