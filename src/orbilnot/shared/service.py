@@ -187,6 +187,8 @@ def create_service_app(
         redoc_url=f"{prefix}/redoc",
         openapi_url=f"{prefix}/openapi.json",
         redirect_slashes=False,
+        # SPEC §3: a JSON body may come with no Content-Type at all (as from the original's clients).
+        strict_content_type=False,
     )
     for router in routers:
         app.include_router(router, prefix=prefix)

@@ -1,0 +1,60 @@
+# One command to run the system, one to test it; both do their own set-up (README).
+#   make run    virtualenv + packages + Kafka jars, then `orbilnot up`
+#   make test   the same set-up + newman + helm, then every test (starts its own PostgreSQL and Kafka)
+#   make lint   ruff and mypy
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+BIN := $(VENV)/bin
+KAFKA_LIB := .orbilnot/kafka-lib
+TESTS ?= tests/unit tests/integration tests/e2e tests/deploy
+
+.PHONY: run test lint format setup kafka-jars helm clean lock
+
+run: setup kafka-jars
+	$(BIN)/orbilnot up
+
+test: setup kafka-jars node_modules/.installed helm
+	$(PY) -m pytest $(TESTS)
+
+lint: setup
+	$(BIN)/ruff check src tests
+	$(BIN)/ruff format --check src tests
+	$(BIN)/mypy
+
+format: setup
+	$(BIN)/ruff format src tests
+	$(BIN)/ruff check --fix src tests
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: requirements-dev.lock pyproject.toml
+	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python 3.11+ is required"'
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements-dev.lock
+	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
+	touch $@
+
+# The Kafka broker's jars, from Maven Central (see src/orbilnot/infra/kafka-pom.xml).
+kafka-jars: setup
+	$(PY) -c 'from pathlib import Path; from orbilnot.infra.kafka import ensure_kafka_jars; ensure_kafka_jars(Path("$(KAFKA_LIB)"))'
+
+# newman runs the original system's Postman collection in tests/e2e.
+node_modules/.installed: package.json package-lock.json
+	npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
+# helm checks the chart in tests/deploy; built from the Go module proxy once.
+helm:
+	./scripts/ensure-helm.sh >/dev/null
+
+# Re-pin the dependencies after changing pyproject.toml.
+lock:
+	$(PY) -m pip install --quiet pip-tools
+	$(BIN)/pip-compile --quiet --strip-extras --no-emit-index-url -o requirements.lock pyproject.toml
+	$(BIN)/pip-compile --quiet --strip-extras --no-emit-index-url --extra dev -o requirements-dev.lock pyproject.toml
+
+clean:
+	rm -rf $(VENV) node_modules .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,114 @@
+"""`orbilnot up`: the whole system on one machine (SPEC §7).
+
+Starts the local PostgreSQL and Kafka unless they already run, migrates, runs billing, order,
+notification and the gateway as `orbilnot serve` processes, and prints the URLs. Ctrl-C or
+SIGTERM stops the processes it started — services first, then the infrastructure it started
+itself — and leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from types import FrameType
+
+import httpx
+
+from orbilnot.cli import DEFAULT_PORTS
+from orbilnot.infra.local import LocalInfra
+from orbilnot.migrations.runner import migrate
+
+SERVICES = ("billing", "order", "notification")
+STOP_TIMEOUT_S = 10.0
+
+
+def _port(service: str) -> int:
+    return int(os.environ.get(f"ORBILNOT_{service.upper()}_PORT") or DEFAULT_PORTS[service])
+
+
+def spawn(service: str, port: int, env: dict[str, str], **popen: object) -> subprocess.Popen[bytes]:
+    """One `orbilnot serve` process."""
+    command = [sys.executable, "-m", "orbilnot.cli", "serve", service, "--port", str(port)]
+    return subprocess.Popen(command, env=env, **popen)  # type: ignore[call-overload,no-any-return]
+
+
+def gateway_env(env: dict[str, str], urls: dict[str, str]) -> dict[str, str]:
+    return {**env, "BILLING_URL": urls["billing"], "ORDER_URL": urls["order"], "NOTIFICATION_URL": urls["notification"]}
+
+
+def wait_ready(url: str, process: subprocess.Popen[bytes], timeout_s: float = 60.0) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and process.poll() is None:
+        try:
+            if httpx.get(f"{url}/health/ready", timeout=1.0).status_code == 200:
+                return True
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    return False
+
+
+def stop_processes(processes: list[subprocess.Popen[bytes]]) -> None:
+    for process in processes:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + STOP_TIMEOUT_S
+    for process in processes:
+        try:
+            process.wait(max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+class _Stop(Exception):
+    pass
+
+
+def _raise_stop(signum: int, _frame: FrameType | None) -> None:
+    raise _Stop(signal.Signals(signum).name)
+
+
+def up() -> int:
+    signal.signal(signal.SIGTERM, _raise_stop)
+    signal.signal(signal.SIGINT, _raise_stop)
+    infra = LocalInfra()
+    processes: list[subprocess.Popen[bytes]] = []
+    started: list[str] = []
+    try:
+        print("starting PostgreSQL and Kafka …", flush=True)
+        started = infra.up()
+        env = {**os.environ, **infra.env(), "LOG_FORMAT": os.environ.get("LOG_FORMAT", "text")}
+        asyncio.run(migrate(env["DATABASE_URL"]))
+        urls = {service: f"http://127.0.0.1:{_port(service)}" for service in (*SERVICES, "gateway")}
+        for service in SERVICES:
+            processes.append(spawn(service, _port(service), env))
+        processes.append(spawn("gateway", _port("gateway"), gateway_env(env, urls)))
+        for (service, url), process in zip(urls.items(), processes, strict=True):
+            if not wait_ready(url, process):
+                print(f"{service} did not become ready; stopping", file=sys.stderr)
+                return 1
+        print("\norbilnot is up:")
+        for service, url in urls.items():
+            print(f"  {service:<13} {url}")
+        print(f"  {'postgres':<13} {infra.postgres.url}\n  {'kafka':<13} {infra.kafka.bootstrap_servers}")
+        print(f"\ntry: orbilnot demo --gateway {urls['gateway']}   (Ctrl-C stops everything)", flush=True)
+        while all(process.poll() is None for process in processes):
+            time.sleep(0.5)
+        print("a service exited unexpectedly; stopping", file=sys.stderr)
+        return 1
+    except _Stop as stop:
+        print(f"\n{stop}: stopping …", flush=True)
+        return 0
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        stop_processes(processes)
+        if "postgres" in started:
+            infra.postgres.stop()
+        if "kafka" in started:
+            infra.kafka.stop()

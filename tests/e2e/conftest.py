@@ -1,0 +1,107 @@
+"""The whole stack as separate `orbilnot serve` processes — billing, order, notification and the
+gateway — on the session's real PostgreSQL and Kafka, with a database and topics of its own."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import pytest
+
+from orbilnot.infra import free_ports
+from support import create_migrated_database, eventually_sync
+
+SERVICES = ("billing", "order", "notification")
+
+
+@dataclass
+class Stack:
+    urls: dict[str, str]
+    env: dict[str, str]
+    logs: Path
+    processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+
+    @property
+    def gateway(self) -> str:
+        return self.urls["gateway"]
+
+    def start(self, name: str, service: str, port: int, extra_env: dict[str, str] | None = None) -> None:
+        log = (self.logs / f"{name}.log").open("ab")
+        self.processes[name] = subprocess.Popen(
+            [sys.executable, "-m", "orbilnot.cli", "serve", service, "--port", str(port)],
+            env={**self.env, **(extra_env or {})},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        url = f"http://127.0.0.1:{port}"
+        self.urls[name] = url
+        eventually_sync(lambda: _ready(url, self.processes[name]), bool, timeout_s=30, what=f"{name} ready")
+
+    def stop_all(self) -> None:
+        for process in self.processes.values():
+            if process.poll() is None:
+                process.terminate()
+        for process in self.processes.values():
+            try:
+                process.wait(15)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
+def _ready(url: str, process: subprocess.Popen[bytes]) -> bool:
+    if process.poll() is not None:
+        raise AssertionError(f"process serving {url} exited with {process.returncode}")
+    try:
+        return httpx.get(f"{url}/health/ready", timeout=1).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+@pytest.fixture(scope="session")
+def stack(infra, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:  # type: ignore[no-untyped-def]
+    database_url = asyncio.run(create_migrated_database(infra.database_url))
+    run = uuid.uuid4().hex[:8]
+    env = {
+        **os.environ,
+        "DATABASE_URL": database_url,
+        "KAFKA_BOOTSTRAP_SERVERS": infra.kafka_bootstrap_servers,
+        "ORDER_EVENT_TOPIC": f"e2e-{run}.order.event",
+        "PAYMENT_EVENT_TOPIC": f"e2e-{run}.payment.event",
+        "TOPIC_PARTITIONS": "3",
+        "LOG_FORMAT": "text",
+    }
+    stack = Stack(urls={}, env=env, logs=tmp_path_factory.mktemp("stack-logs"))
+    ports = free_ports(4)
+    try:
+        for service, port in zip(SERVICES, ports, strict=False):
+            stack.start(service, service, port)
+        stack.start(
+            "gateway",
+            "gateway",
+            ports[3],
+            {
+                "BILLING_URL": stack.urls["billing"],
+                "ORDER_URL": stack.urls["order"],
+                "NOTIFICATION_URL": stack.urls["notification"],
+            },
+        )
+        yield stack
+    finally:
+        stack.stop_all()
+        for log in sorted(stack.logs.glob("*.log")):  # shown by pytest only when a test failed
+            tail = log.read_text(errors="replace").splitlines()[-15:]
+            print(f"--- {log.name}\n" + "\n".join(tail))
+
+
+@pytest.fixture
+def http(stack: Stack) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=stack.gateway, timeout=10) as client:
+        yield client

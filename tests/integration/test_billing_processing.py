@@ -1,0 +1,132 @@
+"""Billing's processor on a real database: two processors at once over many orders never charge
+an order twice, never push a balance below zero, and keep balance = sum of the ledger."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import uuid
+from datetime import UTC, datetime
+from decimal import Decimal
+
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+from orbilnot.billing.domain import AccountAction
+from orbilnot.billing.handlers import change_balance, open_account, process_received_events, receive_order_event
+from orbilnot.billing.tables import accounts, ledger, order_events
+from orbilnot.model import OrderEvent, OrderEventType
+
+
+def order_event(
+    account: uuid.UUID, amount: Decimal, kind: OrderEventType = OrderEventType.CREATED, number: str = ""
+) -> OrderEvent:
+    return OrderEvent(
+        event_id=uuid.uuid4(),
+        event_type=kind,
+        account_id=account,
+        order_number=number or f"{account}:{uuid.uuid4()}",
+        amount=amount,
+        occurred_at=datetime.now(UTC),
+    )
+
+
+async def process_all(engine: AsyncEngine) -> None:
+    while True:
+        async with engine.begin() as conn:
+            if not await process_received_events(conn, 25):
+                return
+
+
+async def test_two_processors_share_the_work_and_never_overdraw(database_url: str) -> None:
+    engines = [create_async_engine(database_url) for _ in range(2)]
+    try:
+        rng = random.Random(7)
+        async with engines[0].begin() as conn:
+            account_ids = [await open_account(conn, Decimal(100)) for _ in range(10)]
+        events = [order_event(rng.choice(account_ids), Decimal(rng.randint(1, 40))) for _ in range(300)]
+        async with engines[0].begin() as conn:
+            for event in events:
+                await receive_order_event(conn, event)
+            # The same events again, as a redelivery would bring them.
+            for event in events[:50]:
+                await receive_order_event(conn, event)
+
+        await asyncio.gather(*(process_all(engine) for engine in engines))
+
+        async with engines[0].connect() as conn:
+            statuses = dict(
+                (await conn.execute(select(order_events.c.status, func.count()).group_by(order_events.c.status))).all()
+            )
+            assert sum(statuses.values()) == 300
+            assert set(statuses) <= {"PAYMENT_CONFIRMED", "PAYMENT_DENIED"}
+            assert statuses.get("PAYMENT_DENIED", 0) > 0, "amounts are sized so that some orders are denied"
+            for account_id in account_ids:
+                balance = await conn.scalar(select(accounts.c.balance).where(accounts.c.id == account_id))
+                ledger_sum = await conn.scalar(
+                    select(func.sum(ledger.c.amount)).where(ledger.c.account_id == account_id)
+                )
+                assert balance is not None and balance >= 0
+                assert balance == ledger_sum
+            paid_twice = await conn.scalar(
+                select(func.count()).select_from(
+                    select(ledger.c.order_number)
+                    .where(ledger.c.kind == "PAYMENT")
+                    .group_by(ledger.c.order_number)
+                    .having(func.count() > 1)
+                    .subquery()
+                )
+            )
+            assert paid_twice == 0
+            confirmed_total = await conn.scalar(
+                select(func.sum(order_events.c.amount)).where(order_events.c.status == "PAYMENT_CONFIRMED")
+            )
+            assert confirmed_total == Decimal(1000) - sum(
+                [await conn.scalar(select(accounts.c.balance).where(accounts.c.id == a)) for a in account_ids],
+                Decimal(0),
+            )
+    finally:
+        for engine in engines:
+            await engine.dispose()
+
+
+async def test_a_refund_is_made_once_however_often_it_is_asked_for(engine: AsyncEngine) -> None:
+    async with engine.begin() as conn:
+        account = await open_account(conn, Decimal(0))
+        await change_balance(conn, account, AccountAction.DEPOSIT_MONEY, Decimal(1000))
+    created = order_event(account, Decimal(500))
+    async with engine.begin() as conn:
+        await receive_order_event(conn, created)
+    await process_all(engine)
+    # Two cancellations of the same order (as if the order service had asked twice).
+    for _ in range(2):
+        async with engine.begin() as conn:
+            await receive_order_event(
+                conn, order_event(account, Decimal(500), OrderEventType.CANCELLED, created.order_number)
+            )
+        await process_all(engine)
+
+    async with engine.connect() as conn:
+        kinds = list(
+            await conn.scalars(select(ledger.c.kind).where(ledger.c.account_id == account).order_by(ledger.c.id))
+        )
+        balance = await conn.scalar(select(accounts.c.balance).where(accounts.c.id == account))
+    assert kinds == ["OPENING", "DEPOSIT", "PAYMENT", "REFUND"]
+    assert balance == 1000
+
+
+async def test_concurrent_deposits_and_withdrawals_lose_no_update(engine: AsyncEngine) -> None:
+    async with engine.begin() as conn:
+        account = await open_account(conn, Decimal(1000))
+
+    async def change(action: AccountAction, amount: int) -> None:
+        async with engine.begin() as conn:
+            await change_balance(conn, account, action, Decimal(amount))
+
+    await asyncio.gather(
+        *(change(AccountAction.DEPOSIT_MONEY, 3) for _ in range(40)),
+        *(change(AccountAction.WITHDRAW_MONEY, 2) for _ in range(40)),
+    )
+    async with engine.connect() as conn:
+        balance = await conn.scalar(select(accounts.c.balance).where(accounts.c.id == account))
+    assert balance == 1000 + 40 * 3 - 40 * 2

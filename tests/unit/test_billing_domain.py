@@ -1,0 +1,108 @@
+"""Billing's decisions: pay, deny (with the original's texts), refund once, never negative."""
+
+import uuid
+from decimal import Decimal
+
+import pytest
+
+from orbilnot.billing.domain import (
+    BalanceLimitExceeded,
+    InsufficientFunds,
+    LedgerKind,
+    OrderEventStatus,
+    decide,
+    deposit,
+    withdraw,
+)
+from orbilnot.model import NOT_ENOUGH_BALANCE, OrderEventType, PaymentEventType
+from orbilnot.shared.money import MAX_MONEY
+
+ACCOUNT = uuid.uuid4()
+D = Decimal
+
+
+def created(amount: str, balance: str | None, *, paid: bool = False):  # type: ignore[no-untyped-def]
+    return decide(
+        OrderEventType.CREATED,
+        account_id=ACCOUNT,
+        amount=D(amount),
+        balance=None if balance is None else D(balance),
+        already_paid=paid,
+        already_refunded=False,
+    )
+
+
+def cancelled(amount: str, balance: str | None, *, paid: bool, refunded: bool):  # type: ignore[no-untyped-def]
+    return decide(
+        OrderEventType.CANCELLED,
+        account_id=ACCOUNT,
+        amount=D(amount),
+        balance=None if balance is None else D(balance),
+        already_paid=paid,
+        already_refunded=refunded,
+    )
+
+
+def test_a_covered_order_is_paid() -> None:
+    decision = created("500", "1000")
+    assert decision.status is OrderEventStatus.PAYMENT_CONFIRMED
+    assert (decision.ledger_kind, decision.balance_change) == (LedgerKind.PAYMENT, D("-500"))
+
+
+def test_an_order_for_exactly_the_balance_is_paid() -> None:
+    assert created("12.34", "12.34").balance_change == D("-12.34")
+
+
+def test_an_order_over_the_balance_is_denied_with_the_original_text() -> None:
+    decision = created("900", "500")
+    assert decision.status is OrderEventStatus.PAYMENT_DENIED
+    assert decision.ledger_kind is None
+    assert decision.description == NOT_ENOUGH_BALANCE == "Not enough balance for commiting payment for order"
+
+
+def test_an_order_of_an_unknown_account_is_denied_naming_it() -> None:
+    decision = created("1", None)
+    assert decision.status is OrderEventStatus.PAYMENT_DENIED
+    assert decision.description == f"Account {ACCOUNT} not found"
+
+
+def test_an_order_already_paid_is_confirmed_without_charging_again() -> None:
+    decision = created("500", "1000", paid=True)
+    assert decision.status is OrderEventStatus.PAYMENT_CONFIRMED
+    assert decision.ledger_kind is None and decision.balance_change == 0
+
+
+def test_a_cancelled_paid_order_is_refunded_once() -> None:
+    first = cancelled("500", "0", paid=True, refunded=False)
+    assert (first.status, first.ledger_kind, first.balance_change) == (
+        OrderEventStatus.REFUNDED,
+        LedgerKind.REFUND,
+        D("500"),
+    )
+    again = cancelled("500", "500", paid=True, refunded=True)
+    assert again.status is OrderEventStatus.REFUNDED and again.ledger_kind is None
+
+
+def test_a_cancelled_order_never_charged_refunds_nothing() -> None:
+    decision = cancelled("500", "0", paid=False, refunded=False)
+    assert decision.status is OrderEventStatus.REFUNDED and decision.ledger_kind is None
+
+
+def test_statuses_owe_the_right_payment_event() -> None:
+    assert OrderEventStatus.PAYMENT_CONFIRMED.result_event is PaymentEventType.PAYMENT_CONFIRMED
+    assert OrderEventStatus.PAYMENT_DENIED.result_event is PaymentEventType.PAYMENT_DENIED
+    assert OrderEventStatus.REFUNDED.result_event is PaymentEventType.REFUNDED
+    assert OrderEventStatus.RECEIVED.result_event is None
+    assert OrderEventStatus.EXECUTED.result_event is None
+
+
+def test_withdrawing_more_than_the_balance_is_refused() -> None:
+    assert withdraw(D("10"), D("10")) == 0
+    with pytest.raises(InsufficientFunds):
+        withdraw(D("10"), D("10.01"))
+
+
+def test_a_deposit_cannot_push_the_balance_past_the_maximum() -> None:
+    assert deposit(D("0"), MAX_MONEY) == MAX_MONEY
+    with pytest.raises(BalanceLimitExceeded):
+        deposit(MAX_MONEY, D("0.01"))
