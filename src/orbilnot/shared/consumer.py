@@ -130,9 +130,9 @@ class IdempotentConsumer(Generic[Event]):
                 events.append((record, event))
         if events:
             await self._store(events)
+            if self._after_commit is not None:
+                self._after_commit()  # the stored work is committed: no need to wait for Kafka
         await self._commit_offsets(consumer, batches)
-        if events and self._after_commit is not None:
-            self._after_commit()
 
     async def _parse_or_dead_letter(self, record: ConsumerRecord) -> Event | None:
         try:
