@@ -118,9 +118,12 @@ async def measure(gateway: str, database_url: str, args: argparse.Namespace) -> 
     db = await asyncpg.connect(database_url.replace("postgresql+asyncpg://", "postgresql://"))
     limits = httpx.Limits(max_connections=args.concurrency, max_keepalive_connections=args.concurrency)
     try:
+        # A client per phase: keep-alive connections left idle between phases would be closed by
+        # the server under the next phase's first requests.
         async with httpx.AsyncClient(base_url=gateway, timeout=30, limits=limits) as http:
             await latency_phase(http, db, args.rate, args.seconds)
-            if args.orders:
+        if args.orders:
+            async with httpx.AsyncClient(base_url=gateway, timeout=30, limits=limits) as http:
                 await throughput_phase(http, db, args.orders, args.concurrency)
     finally:
         await db.close()
