@@ -19,8 +19,8 @@ test: setup kafka-jars node_modules/.installed helm
 	$(PY) -m pytest $(TESTS)
 
 lint: setup
-	$(BIN)/ruff check src tests
-	$(BIN)/ruff format --check src tests
+	$(BIN)/ruff check src tests scripts
+	$(BIN)/ruff format --check src tests scripts
 	$(BIN)/mypy
 
 format: setup

@@ -18,9 +18,9 @@ def _app_factory(service: str) -> Callable[[], ASGIApp]:
     if service == "gateway":
         from orbilnot.gateway.app import create_app as create_gateway
 
-        gateway_settings = GatewaySettings()  # type: ignore[call-arg]  # read from the environment
+        gateway_settings = GatewaySettings()  # read from the environment
         return lambda: create_gateway(gateway_settings)
-    settings = ServiceSettings()  # type: ignore[call-arg]  # read from the environment
+    settings = ServiceSettings()  # read from the environment
     if service == "billing":
         from orbilnot.billing.app import create_app
     elif service == "order":
@@ -53,8 +53,3 @@ def serve(service: str, host: str, port: int) -> int:
     )
     return 0
 
-
-def _logging_settings() -> ServiceSettings | GatewaySettings:
-    from orbilnot.shared.config import _EnvSettings
-
-    return _EnvSettings()  # type: ignore[return-value]

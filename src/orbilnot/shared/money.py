@@ -26,6 +26,6 @@ def money_to_json(value: Decimal) -> int | float:
 _money_json = PlainSerializer(money_to_json, return_type=int | float, when_used="json")
 _money_field = {"max_digits": MONEY_DIGITS, "decimal_places": MONEY_PLACES, "allow_inf_nan": False}
 
-Money = Annotated[Decimal, Field(**_money_field), _money_json]  # type: ignore[call-overload]
-PositiveMoney = Annotated[Decimal, Field(gt=0, **_money_field), _money_json]  # type: ignore[call-overload]
-NonNegativeMoney = Annotated[Decimal, Field(ge=0, **_money_field), _money_json]  # type: ignore[call-overload]
+Money = Annotated[Decimal, Field(**_money_field), _money_json]
+PositiveMoney = Annotated[Decimal, Field(gt=0, **_money_field), _money_json]
+NonNegativeMoney = Annotated[Decimal, Field(ge=0, **_money_field), _money_json]
