@@ -4,12 +4,17 @@ deadline (never a fixed sleep), and reading back what landed on a Kafka topic.""
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TypeVar
 
 import asyncpg
+import httpx
 from aiokafka import AIOKafkaConsumer
 from aiokafka.structs import ConsumerRecord
 
@@ -86,3 +91,47 @@ async def read_topic(
                 raise AssertionError(f"only {len(records)} of {at_least} records on {topic} after {timeout_s}s")
     finally:
         await consumer.stop()
+
+
+@dataclass
+class Stack:
+    urls: dict[str, str]
+    env: dict[str, str]
+    logs: Path
+    processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+
+    @property
+    def gateway(self) -> str:
+        return self.urls["gateway"]
+
+    def start(self, name: str, service: str, port: int, extra_env: dict[str, str] | None = None) -> None:
+        log = (self.logs / f"{name}.log").open("ab")
+        self.processes[name] = subprocess.Popen(
+            [sys.executable, "-m", "orbilnot.cli", "serve", service, "--port", str(port)],
+            env={**self.env, **(extra_env or {})},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        url = f"http://127.0.0.1:{port}"
+        self.urls[name] = url
+        eventually_sync(lambda: _ready(url, self.processes[name]), bool, timeout_s=30, what=f"{name} ready")
+
+    def stop_all(self) -> None:
+        for process in self.processes.values():
+            if process.poll() is None:
+                process.terminate()
+        for process in self.processes.values():
+            try:
+                process.wait(15)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
+def _ready(url: str, process: subprocess.Popen[bytes]) -> bool:
+    if process.poll() is not None:
+        raise AssertionError(f"process serving {url} exited with {process.returncode}")
+    try:
+        return httpx.get(f"{url}/health/ready", timeout=1).status_code == 200
+    except httpx.HTTPError:
+        return False

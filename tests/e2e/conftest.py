@@ -5,64 +5,16 @@ from __future__ import annotations
 
 import asyncio
 import os
-import subprocess
-import sys
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass, field
-from pathlib import Path
 
 import httpx
 import pytest
 
 from orbilnot.infra import free_ports
-from support import create_migrated_database, eventually_sync
+from support import Stack, create_migrated_database
 
 SERVICES = ("billing", "order", "notification")
-
-
-@dataclass
-class Stack:
-    urls: dict[str, str]
-    env: dict[str, str]
-    logs: Path
-    processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
-
-    @property
-    def gateway(self) -> str:
-        return self.urls["gateway"]
-
-    def start(self, name: str, service: str, port: int, extra_env: dict[str, str] | None = None) -> None:
-        log = (self.logs / f"{name}.log").open("ab")
-        self.processes[name] = subprocess.Popen(
-            [sys.executable, "-m", "orbilnot.cli", "serve", service, "--port", str(port)],
-            env={**self.env, **(extra_env or {})},
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        url = f"http://127.0.0.1:{port}"
-        self.urls[name] = url
-        eventually_sync(lambda: _ready(url, self.processes[name]), bool, timeout_s=30, what=f"{name} ready")
-
-    def stop_all(self) -> None:
-        for process in self.processes.values():
-            if process.poll() is None:
-                process.terminate()
-        for process in self.processes.values():
-            try:
-                process.wait(15)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-
-
-def _ready(url: str, process: subprocess.Popen[bytes]) -> bool:
-    if process.poll() is not None:
-        raise AssertionError(f"process serving {url} exited with {process.returncode}")
-    try:
-        return httpx.get(f"{url}/health/ready", timeout=1).status_code == 200
-    except httpx.HTTPError:
-        return False
 
 
 @pytest.fixture(scope="session")

@@ -32,7 +32,7 @@ class ServiceSettings(ProcessSettings):
     payment_event_topic: str = "payment.event"
     topic_partitions: int = Field(default=6, ge=1)
 
-    db_pool_size: int = Field(default=10, ge=1)
+    db_pool_size: int = Field(default=20, ge=1)
     # The relay and processors are woken right after the commit that creates their work; this
     # poll only picks up what other replicas or a crashed process left behind.
     safety_net_poll_s: float = Field(default=1.0, gt=0)

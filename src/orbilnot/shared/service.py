@@ -148,7 +148,8 @@ class ServiceKernel:
         }
 
 
-def _kernel_of(request: Request) -> ServiceKernel:
+async def _kernel_of(request: Request) -> ServiceKernel:
+    # async on purpose: FastAPI runs a plain `def` dependency in a worker thread, per request.
     kernel: ServiceKernel = request.app.state.kernel
     return kernel
 
