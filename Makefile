@@ -1,6 +1,7 @@
 # One command to run the system, one to test it; both do their own set-up (README).
 #   make run    virtualenv + packages + Kafka jars, then `orbilnot up`
 #   make test   the same set-up + newman + helm, then every test (starts its own PostgreSQL and Kafka)
+#   make chaos  the reliability suite's long form
 #   make lint   ruff and mypy
 
 PYTHON ?= python3
@@ -8,15 +9,19 @@ VENV := .venv
 PY := $(VENV)/bin/python
 BIN := $(VENV)/bin
 KAFKA_LIB := .orbilnot/kafka-lib
-TESTS ?= tests/unit tests/integration tests/e2e tests/deploy
+TESTS ?= tests/unit tests/integration tests/e2e tests/reliability tests/deploy
 
-.PHONY: run test lint format setup kafka-jars helm clean lock
+.PHONY: run test chaos lint format setup kafka-jars helm clean lock
 
 run: setup kafka-jars
 	$(BIN)/orbilnot up
 
 test: setup kafka-jars node_modules/.installed helm
 	$(PY) -m pytest $(TESTS)
+
+# The reliability suite's long form: more orders, more kills (README, "Guarantees").
+chaos: setup kafka-jars
+	ORBILNOT_CHAOS=long $(PY) -m pytest tests/reliability -v
 
 lint: setup
 	$(BIN)/ruff check src tests scripts
