@@ -55,6 +55,10 @@ async def _retry(call: Any, what: str) -> httpx.Response:
         delay = min(delay * 2, 1.0)
 
 
+async def _get_json(http: httpx.AsyncClient, path: str) -> Any:
+    return (await _retry(lambda: http.get(path), f"GET {path}")).json()
+
+
 class Workload:
     def __init__(self, gateway: str, *, accounts: int, orders: int, concurrency: int = 12, seed: int = 1) -> None:
         self.gateway = gateway
@@ -124,8 +128,7 @@ class Workload:
     async def _status_when_final(self, book: Book, order_id: str) -> str:
         deadline = time.monotonic() + RETRY_FOR_S
         while True:
-            response = await _retry(lambda: self.http.get(f"/orders/{book.account}/{order_id}"), "get order")
-            status = str(response.json().get("status"))
+            status = str((await _get_json(self.http, f"/orders/{book.account}/{order_id}")).get("status"))
             if status in FINAL or time.monotonic() > deadline:
                 return status
             await asyncio.sleep(0.05)
@@ -137,8 +140,7 @@ async def check_invariants(workload: Workload, database_url: str, *, settle_s: f
     books = list(workload.books.values())
 
     async def orders_of(book: Book) -> dict[str, dict[str, Any]]:
-        response = await _retry(lambda: http.get(f"/orders/{book.account}"), "list orders")
-        return {o["id"]: o for o in response.json()}
+        return {o["id"]: o for o in await _get_json(http, f"/orders/{book.account}")}
 
     # 1. Every acknowledged order reaches a final status (refunds: REFUNDED), in time.
     deadline = time.monotonic() + settle_s
@@ -174,7 +176,7 @@ async def check_invariants(workload: Workload, database_url: str, *, settle_s: f
         assert balance >= 0
 
         # 4. The ledger sums to the balance; one PAYMENT per paid order, one REFUND per refunded.
-        ledger = (await _retry(lambda: http.get(f"/account/{book.account}/transactions"), "ledger")).json()
+        ledger = await _get_json(http, f"/account/{book.account}/transactions")
         assert sum(Decimal(str(e["amount"])) for e in ledger) == balance, f"{book.account}: ledger ≠ balance"
         payments = Counter(e["orderNumber"] for e in ledger if e["kind"] == "PAYMENT")
         refunds = Counter(e["orderNumber"] for e in ledger if e["kind"] == "REFUND")
@@ -184,7 +186,7 @@ async def check_invariants(workload: Workload, database_url: str, *, settle_s: f
         assert refunds == Counter(refunded), f"{book.account}: refunds {refunds} ≠ {refunded}"
 
         # 5. Exactly one notification per payment outcome.
-        notes = (await _retry(lambda: http.get(f"/notifications/{book.account}"), "notifications")).json()
+        notes = await _get_json(http, f"/notifications/{book.account}")
         got = Counter((n["orderNumber"], n["notificationType"]) for n in notes)
         expected: Counter[tuple[str, str]] = Counter()
         for order_id, status in statuses.items():
