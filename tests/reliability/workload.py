@@ -168,11 +168,9 @@ async def check_invariants(workload: Workload, database_url: str, *, settle_s: f
         totals.update(statuses.values())
         confirmed = sum((book.orders[o] for o, s in statuses.items() if s == "CONFIRMED"), Decimal(0))
 
-        # 3. balance = opening − confirmed payments (refunded ones were paid and given back), ≥ 0.
-        balance = Decimal(
-            str((await _retry(lambda: http.get(f"/account/{book.account}"), "balance")).json()["balance"])
-        )
-        assert balance == book.opening - confirmed, f"{book.account}: balance {balance} ≠ {book.opening} − {confirmed}"
+        # 3. balance = opening - confirmed payments (refunded ones were paid and given back), >= 0.
+        balance = Decimal(str((await _get_json(http, f"/account/{book.account}"))["balance"]))
+        assert balance == book.opening - confirmed, f"{book.account}: balance {balance} != {book.opening} - {confirmed}"
         assert balance >= 0
 
         # 4. The ledger sums to the balance; one PAYMENT per paid order, one REFUND per refunded.
