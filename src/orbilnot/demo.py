@@ -54,41 +54,32 @@ def run_demo(gateway: str) -> int:
             )["balance"]
             say(f"Deposit 1000: balance {balance}")
 
-            def balance_now() -> Any:
-                return _ok(http.get(f"/account/{account}"))["balance"]
-
             def notifications() -> list[dict[str, Any]]:
                 return list(_ok(http.get(f"/notifications/{account}")))
 
-            paid = _ok(http.post("/order/", json={"accountId": account, "amount": 500}))
+            def place_and_settle(amount: int, expected: str, what: str) -> tuple[str, Any]:
+                """Place an order; wait until it is decided; check its status and the balance."""
+                order = _ok(http.post("/order/", json={"accountId": account, "amount": amount}))
+                say(f"Place an order of {amount}{what}: order {order}")
+                status = _poll(
+                    lambda: _ok(http.get(f"/orders/{account}/{order}"))["status"],
+                    lambda s: s in ("CONFIRMED", "CANCELLED"),
+                    "order status",
+                )
+                balance = _ok(http.get(f"/account/{account}"))["balance"]
+                if (status, balance) != (expected, 500):
+                    raise DemoFailed(f"expected {expected} and balance 500, got {status} and {balance}")
+                return status, balance
+
             started = time.perf_counter()
-            say(f"Place an order of 500: order {paid}")
-
-            status = _poll(
-                lambda: _ok(http.get(f"/orders/{account}/{paid}"))["status"],
-                lambda s: s in ("CONFIRMED", "CANCELLED"),
-                "order status",
-            )
-            if status != "CONFIRMED" or balance_now() != 500:
-                raise DemoFailed(f"expected CONFIRMED and balance 500, got {status} and {balance_now()}")
-            say(f"Balance reduced by the order's amount: {balance_now()} (order {status})")
-
+            status, balance = place_and_settle(500, "CONFIRMED", "")
+            say(f"Balance reduced by the order's amount: {balance} (order {status})")
             notes = _poll(notifications, lambda n: len(n) >= 1, "notifications")
             elapsed_ms = (time.perf_counter() - started) * 1000
             say(f"Notification: {notes[0]['title']!r} (order → notification ≤ {elapsed_ms:.0f} ms)")
 
-            denied = _ok(http.post("/order/", json={"accountId": account, "amount": 900}))
-            say(f"Place an order of 900 the account cannot pay for: order {denied}")
-
-            status = _poll(
-                lambda: _ok(http.get(f"/orders/{account}/{denied}"))["status"],
-                lambda s: s in ("CONFIRMED", "CANCELLED"),
-                "order status",
-            )
-            if status != "CANCELLED" or balance_now() != 500:
-                raise DemoFailed(f"expected CANCELLED and balance 500, got {status} and {balance_now()}")
-            say(f"Balance unchanged: {balance_now()} (order {status})")
-
+            status, balance = place_and_settle(900, "CANCELLED", " the account cannot pay for")
+            say(f"Balance unchanged: {balance} (order {status})")
             notes = _poll(notifications, lambda n: len(n) >= 2, "notifications")
             say(f"Notification: {notes[1]['title']!r}: {notes[1]['body']!r}")
     except (DemoFailed, httpx.HTTPError) as error:

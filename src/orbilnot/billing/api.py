@@ -56,14 +56,14 @@ async def create_account(body: CreateAccountRequest, kernel: KernelDep) -> UUID:
 async def change_balance(body: ChangeBalanceRequest, kernel: KernelDep) -> AccountResponse:
     async with kernel.engine.begin() as conn:
         account = await handlers.change_balance(conn, body.account_id, body.action_type, body.amount)
-    return AccountResponse(id=account.id, balance=account.balance)
+    return AccountResponse.model_validate(account)
 
 
 @router.get("/{account_id}", summary="An account and its balance", responses={404: {}})
 async def get_account(account_id: UUID, kernel: KernelDep) -> AccountResponse:
     async with kernel.engine.connect() as conn:
         account = await handlers.get_account(conn, account_id)
-    return AccountResponse(id=account.id, balance=account.balance)
+    return AccountResponse.model_validate(account)
 
 
 @router.get(
@@ -74,13 +74,4 @@ async def get_account(account_id: UUID, kernel: KernelDep) -> AccountResponse:
 async def list_transactions(account_id: UUID, kernel: KernelDep) -> list[LedgerEntryResponse]:
     async with kernel.engine.connect() as conn:
         entries = await handlers.list_ledger(conn, account_id)
-    return [
-        LedgerEntryResponse(
-            kind=e.kind,
-            amount=e.amount,
-            balance_after=e.balance_after,
-            order_number=e.order_number,
-            created_at=e.created_at,
-        )
-        for e in entries
-    ]
+    return [LedgerEntryResponse.model_validate(e) for e in entries]

@@ -28,15 +28,4 @@ class NotificationResponse(ApiModel):
 async def list_notifications(account_id: UUID, kernel: KernelDep) -> list[NotificationResponse]:
     async with kernel.engine.connect() as conn:
         found = await handlers.list_notifications(conn, account_id)
-    return [
-        NotificationResponse(
-            id=n.id,
-            account_id=n.account_id,
-            order_number=n.order_number,
-            notification_type=n.notification_type,
-            title=n.title,
-            body=n.body,
-            created_at=n.created_at,
-        )
-        for n in found
-    ]
+    return [NotificationResponse.model_validate(n) for n in found]

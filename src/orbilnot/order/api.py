@@ -43,18 +43,6 @@ class OrderResponse(ApiModel):
     created_at: datetime
     updated_at: datetime
 
-    @classmethod
-    def of(cls, order: handlers.Order) -> OrderResponse:
-        return cls(
-            id=order.id,
-            order_number=order.order_number,
-            account_id=order.account_id,
-            amount=order.amount,
-            status=order.status,
-            created_at=order.created_at,
-            updated_at=order.updated_at,
-        )
-
 
 @router.post("", summary="Place an order; answers its id", responses={409: {"description": "Key reused"}})
 async def place_order(
@@ -71,13 +59,13 @@ async def place_order(
 @router.get("/{account_id}", summary="An account's orders, oldest first")
 async def list_orders(account_id: UUID, kernel: KernelDep) -> list[OrderResponse]:
     async with kernel.engine.connect() as conn:
-        return [OrderResponse.of(order) for order in await handlers.list_orders(conn, account_id)]
+        return [OrderResponse.model_validate(order) for order in await handlers.list_orders(conn, account_id)]
 
 
 @router.get("/{account_id}/{order_id}", summary="One order", responses={404: {}})
 async def get_order(account_id: UUID, order_id: UUID, kernel: KernelDep) -> OrderResponse:
     async with kernel.engine.connect() as conn:
-        return OrderResponse.of(await handlers.get_order(conn, account_id, order_id))
+        return OrderResponse.model_validate(await handlers.get_order(conn, account_id, order_id))
 
 
 @router.put(
@@ -88,7 +76,7 @@ async def get_order(account_id: UUID, order_id: UUID, kernel: KernelDep) -> Orde
 async def amend_order(body: AmendOrderRequest, kernel: KernelDep) -> OrderResponse:
     async with kernel.engine.begin() as conn:
         order = await handlers.amend_order(conn, body.account_id, body.order_number, body.amount)
-    return OrderResponse.of(order)
+    return OrderResponse.model_validate(order)
 
 
 @router.delete(
@@ -108,4 +96,4 @@ async def withdraw_order(body: WithdrawOrderRequest, kernel: KernelDep) -> Order
     if order is None:
         return Response(status_code=204)
     kernel.wake_relays()
-    return OrderResponse.of(order)
+    return OrderResponse.model_validate(order)
