@@ -52,4 +52,3 @@ def serve(service: str, host: str, port: int) -> int:
         timeout_graceful_shutdown=7,
     )
     return 0
-
