@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import signal
 import sys
 from collections.abc import Callable
+from types import FrameType
 
 import uvicorn
 from pydantic import ValidationError
 from starlette.types import ASGIApp
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from orbilnot.shared.config import GatewaySettings, ProcessSettings, ServiceSettings
 from orbilnot.shared.observability import configure_logging
@@ -41,6 +44,11 @@ def serve(service: str, host: str, port: int) -> int:
         return 2
     logging_settings = ProcessSettings()
     configure_logging(logging_settings.log_level, logging_settings.log_format, service=service)
+    # uvicorn handles SIGTERM (a graceful shutdown), then restores the handler it found and raises
+    # the signal again, so with the default handler a clean stop ended as "killed by SIGTERM"
+    # (exit status -15/143). Supervisors read that as a crash: exit 0 instead. (A SIGTERM before
+    # uvicorn takes over also lands here, when there is nothing yet to shut down.)
+    signal.signal(signal.SIGTERM, _exit_cleanly)
     uvicorn.run(
         factory(),
         host=host,
@@ -50,5 +58,57 @@ def serve(service: str, host: str, port: int) -> int:
         server_header=False,
         # Let in-flight requests finish on SIGTERM, within what a supervisor waits (10 s).
         timeout_graceful_shutdown=7,
+        http=DrainingHttpProtocol,
+        timeout_keep_alive=GATEWAY_KEEP_ALIVE_S if service == "gateway" else SERVICE_KEEP_ALIVE_S,
     )
     return 0
+
+
+def _exit_cleanly(signum: int, frame: FrameType | None) -> None:
+    raise SystemExit(0)
+
+
+# How long an idle keep-alive connection is kept open. A server must keep it open longer than its
+# clients keep it in their pools, or a client may send a request on a connection at the very moment
+# the server closes it, and get no answer at all (httpx.RemoteProtocolError/ReadError, 1 request
+# in a few thousand under load, nothing logged). The services' client is the gateway (pool expiry
+# 2 s, gateway/proxy.py); the gateway's are anyone's: httpx keeps a connection 5 s (the same as
+# uvicorn's default, hence the race), aiohttp 15 s, Go 90 s; 75 s is nginx's default.
+SERVICE_KEEP_ALIVE_S = 3
+GATEWAY_KEEP_ALIVE_S = 75
+
+# The longest an idle keep-alive connection stays open once the server is shutting down: the
+# services' keep-alive timeout, which the gateway's pool expiry (2 s) is set to beat.
+DRAIN_IDLE_S = float(SERVICE_KEEP_ALIVE_S)
+
+
+class DrainingHttpProtocol(HttpToolsProtocol):
+    """uvicorn's HTTP/1.1 protocol, except that a graceful shutdown does not cut idle keep-alive
+    connections at once.
+
+    A client (the gateway) that took such a connection from its pool an instant before may have
+    its request on the wire already: closing the socket under it resets the connection, and the
+    request is lost without an answer (the gateway answered those with 502, as it must for a
+    request that may have been processed). Instead an idle connection lives until its keep-alive
+    timer runs out as it would have anyway, which the client's pool expiry is set to beat, and a
+    request that arrives meanwhile is served, with `Connection: close`.
+    """
+
+    _draining = False
+
+    def shutdown(self) -> None:
+        if self.cycle is not None and not self.cycle.response_complete:
+            super().shutdown()  # in the middle of a request: answered, then closed
+            return
+        self._draining = True
+        deadline = self.loop.time() + DRAIN_IDLE_S
+        timer = self.timeout_keep_alive_task
+        if timer is None or timer.when() > deadline:
+            if timer is not None:
+                timer.cancel()
+            self.timeout_keep_alive_task = self.loop.call_at(deadline, self.timeout_keep_alive_handler)
+
+    def on_headers_complete(self) -> None:
+        super().on_headers_complete()
+        if self._draining and self.cycle is not None:
+            self.cycle.keep_alive = False  # answered, then closed

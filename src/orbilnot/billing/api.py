@@ -11,7 +11,7 @@ from fastapi import APIRouter
 
 from orbilnot.billing import handlers
 from orbilnot.billing.domain import AccountAction
-from orbilnot.shared.money import Money, NonNegativeMoney, PositiveMoney
+from orbilnot.shared.money import NonNegativeMoney, PositiveMoney, StoredMoney
 from orbilnot.shared.schemas import ApiModel
 from orbilnot.shared.service import KernelDep
 
@@ -31,13 +31,13 @@ class ChangeBalanceRequest(ApiModel):
 
 class AccountResponse(ApiModel):
     id: UUID
-    balance: Money
+    balance: StoredMoney
 
 
 class LedgerEntryResponse(ApiModel):
     kind: str
-    amount: Money
-    balance_after: Money
+    amount: StoredMoney
+    balance_after: StoredMoney
     order_number: str | None
     created_at: datetime
 

@@ -47,9 +47,11 @@ RESPONSE_HEADERS_REPLACED = frozenset({b"date", b"server"})
 # ShardedPoolTransport for why), so up to 256 requests in flight before any waits for a connection.
 POOL_SHARDS = 32
 POOL_SHARD_CONNECTIONS = 8
-# Below uvicorn's default keep-alive timeout (5 s): the gateway drops an idle connection before the
-# service does, instead of racing it by writing a request into a socket being closed.
-POOL_KEEPALIVE_EXPIRY_S = 4.0
+# Below the services' keep-alive timeout (SERVICE_KEEP_ALIVE_S, 3 s, serve.py): the gateway drops
+# an idle connection before the service does, instead of racing it by writing a request into a
+# socket being closed. A service shutting down keeps its idle connections that long too, so the
+# shorter this is, the sooner a replica stops.
+POOL_KEEPALIVE_EXPIRY_S = 2.0
 
 _EMPTY_BODY = httpx.ByteStream(b"")
 _NOT_URL_SAFE = re.compile(rb"[^\x21-\x7e]")

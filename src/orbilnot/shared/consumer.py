@@ -31,7 +31,7 @@ from prometheus_client import Counter
 from pydantic import BaseModel, ValidationError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from orbilnot.shared.db import is_connection_problem
+from orbilnot.shared.db import database_is_up, is_connection_problem
 from orbilnot.shared.kafka import ProducerHandle, create_consumer, send_to_dead_letter
 
 log = logging.getLogger(__name__)
@@ -106,8 +106,19 @@ class IdempotentConsumer(Generic[Event]):
                 backoff_s = 0.2
                 while not self._stopping:
                     await self._poll_once(self._consumer)
-            except (KafkaError, OSError) as error:
-                log.warning("consumer of %s lost Kafka (%s); reconnecting in %.1fs", self.topic, error, backoff_s)
+            except Exception as error:
+                # Not only KafkaError and OSError: a broker killed mid-request also comes out of
+                # getmany() as a RuntimeError of the closed transport ("the handler is closed").
+                # Whatever it is, a fresh consumer cures it; letting the task die would leave this
+                # replica consuming nothing, and unready, for good (issue 4, scenario 3).
+                unexpected = not isinstance(error, (KafkaError, OSError))
+                log.warning(
+                    "consumer of %s lost Kafka (%r); reconnecting in %.1fs",
+                    self.topic,
+                    error,
+                    backoff_s,
+                    exc_info=unexpected,
+                )
                 await asyncio.sleep(backoff_s)
                 backoff_s = min(backoff_s * 2, 5.0)
             finally:
@@ -166,7 +177,10 @@ class IdempotentConsumer(Generic[Event]):
                 CONSUMED.labels(self.topic, self.group_id).inc(len(events))
                 return
             except Exception as error:
-                if not is_connection_problem(error):
+                # An error not known as a connection problem, while the database does not even
+                # answer `SELECT 1`, is still the outage and not the events' fault: dead-lettering
+                # them would lose them for the saga, so retry those too.
+                if not is_connection_problem(error) and await database_is_up(self._engine):
                     raise
                 log.warning("database unavailable while storing from %s (%s); retrying", self.topic, error)
                 await asyncio.sleep(backoff_s)
@@ -174,7 +188,7 @@ class IdempotentConsumer(Generic[Event]):
 
     async def _dead_letter(self, record: ConsumerRecord, error: str) -> None:
         log.error("dead-lettering %s[%d]@%d: %s", record.topic, record.partition, record.offset, error[:500])
-        await send_to_dead_letter(self._producer.producer, record, error)
+        await send_to_dead_letter(self._producer.producer, record, error, group=self.group_id)
         DEAD_LETTERED.labels(record.topic).inc()
 
     async def _commit_offsets(

@@ -11,6 +11,7 @@ import asyncio
 
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from orbilnot.shared.config import ServiceSettings
@@ -54,4 +55,24 @@ def is_connection_problem(error: BaseException) -> bool:
     """
     if isinstance(error, DBAPIError) and error.connection_invalidated:
         return True
-    return isinstance(error, (OperationalError, InterfaceError, OSError, TimeoutError, ConnectionError))
+    # SQLAlchemy's asyncpg dialect turns most server errors into a plain DBAPIError, among them
+    # "the database system is starting up / not yet accepting connections" (57P03) that every
+    # connect gets while a restarted PostgreSQL runs recovery: only the SQLSTATE tells them apart.
+    # Missing it, the consumer dead-lettered every event it took during a restart (issue 4).
+    sqlstate = getattr(getattr(error, "orig", None), "sqlstate", None) or getattr(error, "sqlstate", None)
+    if isinstance(sqlstate, str) and sqlstate.startswith(UNAVAILABLE_SQLSTATES):
+        return True
+    # PoolTimeout: no pooled connection came free in time (the server is slow or reconnecting),
+    # which says nothing against the statement either.
+    return isinstance(error, (OperationalError, InterfaceError, OSError, TimeoutError, ConnectionError, PoolTimeout))
+
+
+UNAVAILABLE_SQLSTATES = (
+    "08",  # connection exception (class 08): refused, broken, does not exist
+    "57P01",  # admin_shutdown: terminated by a fast/immediate shutdown
+    "57P02",  # crash_shutdown: another backend crashed, the server restarts
+    "57P03",  # cannot_connect_now: starting up, in recovery, shutting down
+    "53300",  # too_many_connections: transient, while pools of restarted replicas refill
+)
+"""SQLSTATEs (or their class prefix) that say the server is unavailable for now, not that a
+statement was wrong."""

@@ -117,7 +117,9 @@ async def ensure_topics(
         await admin.close()
 
 
-async def send_to_dead_letter(producer: AIOKafkaProducer, record: ConsumerRecord, error: str) -> None:
+async def send_to_dead_letter(
+    producer: AIOKafkaProducer, record: ConsumerRecord, error: str, *, group: str | None = None
+) -> None:
     """Forward a message we cannot use to `<topic>.dlt`, unchanged, with the reason in headers."""
     headers = [
         ("error", error[:4000].encode("utf-8", "replace")),
@@ -125,6 +127,10 @@ async def send_to_dead_letter(producer: AIOKafkaProducer, record: ConsumerRecord
         ("original-partition", str(record.partition).encode()),
         ("original-offset", str(record.offset).encode()),
     ]
+    if group is not None:
+        # Several groups read one topic (payment.event: order and notification), and each may
+        # reject a message for its own reason: say which one did, so it can be re-driven to it.
+        headers.append(("consumer-group", group.encode()))
     value = record.value
     # A message larger than the broker takes cannot be forwarded whole; keep its head and say so.
     if value is not None and len(value) > 900_000:

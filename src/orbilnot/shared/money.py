@@ -29,3 +29,7 @@ _money_field = {"max_digits": MONEY_DIGITS, "decimal_places": MONEY_PLACES, "all
 Money = Annotated[Decimal, Field(**_money_field), _money_json]
 PositiveMoney = Annotated[Decimal, Field(gt=0, **_money_field), _money_json]
 NonNegativeMoney = Annotated[Decimal, Field(ge=0, **_money_field), _money_json]
+# For answers only: what the database holds may be more than a request may ask for. A refund is
+# never refused, so it can take a balance past MAX_MONEY (the columns are NUMERIC(15,2)); with the
+# 14-digit limit of `Money` such a balance failed the answer's validation, a 500.
+StoredMoney = Annotated[Decimal, _money_json]

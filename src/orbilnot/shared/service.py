@@ -19,11 +19,13 @@ from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from orbilnot.shared.config import ServiceSettings
 from orbilnot.shared.consumer import IdempotentConsumer
-from orbilnot.shared.db import create_engine, database_is_up
+from orbilnot.shared.db import create_engine, database_is_up, is_connection_problem
 from orbilnot.shared.errors import Conflict, NotFound
 from orbilnot.shared.kafka import ProducerHandle, ensure_topics
 from orbilnot.shared.observability import (
@@ -207,6 +209,18 @@ def create_service_app(
     @app.exception_handler(Conflict)
     async def conflict(_: Request, error: Conflict) -> JSONResponse:
         return JSONResponse({"detail": str(error)}, status_code=409)
+
+    @app.exception_handler(DBAPIError)
+    @app.exception_handler(PoolTimeout)
+    @app.exception_handler(OSError)
+    async def database_unavailable(_: Request, error: Exception) -> JSONResponse:
+        # PostgreSQL down or restarting (issue 4, scenario 4): a plain 503 the client can retry
+        # (orders carry an Idempotency-Key), instead of a traceback per request and a connection
+        # uvicorn closes, which the gateway then meets as a ReadError. Other errors stay 500s.
+        if not is_connection_problem(error):
+            raise error
+        log.warning("database unavailable: %s", error)
+        return JSONResponse({"detail": "database unavailable"}, status_code=503, headers={"Retry-After": "1"})
 
     @app.exception_handler(RequestValidationError)
     async def invalid(_: Request, error: RequestValidationError) -> JSONResponse:
