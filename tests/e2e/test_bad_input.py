@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import uuid
+from collections.abc import Iterator
 
 import httpx
 import pytest
@@ -108,3 +110,166 @@ def test_trailing_slashes_are_served_without_redirects(http: httpx.Client, accou
 
 def test_unknown_paths_are_404_json(http: httpx.Client) -> None:
     assert_rejected(http.get("/nothing/here"), 404)
+
+
+# --- more of the same, by hand (issue 4, scenario 7) -------------------------------------------
+
+
+def _state(http: httpx.Client, account: str) -> tuple[object, ...]:
+    """Everything a bad request could have changed for `account`."""
+    return (
+        http.get(f"/account/{account}").json(),
+        http.get(f"/account/{account}/transactions").json(),
+        http.get(f"/orders/{account}").json(),
+        http.get(f"/notifications/{account}").json(),
+    )
+
+
+# Raw JSON, so that what no JSON encoder writes (NaN, Infinity, 1e999) goes on the wire as is.
+RAW_BAD_AMOUNTS = [
+    "NaN",
+    "Infinity",
+    "-Infinity",
+    "1e999",
+    "1e300",
+    "-0.01",
+    "0.001",
+    "12.345",
+    "1000000000000",  # one more than the largest NUMERIC(14,2)
+    "999999999999.999",
+    '"12,50"',
+    "[]",
+    "{}",
+]
+
+
+@pytest.mark.parametrize("amount", RAW_BAD_AMOUNTS)
+def test_bad_raw_amounts_everywhere_are_422_and_change_nothing(http: httpx.Client, account: str, amount: str) -> None:
+    order = http.post("/orders", json={"accountId": account, "amount": 1}).json()
+    number = f"{account}:{order}"
+    # Once the order is paid and notified, nothing is under way for this account any more.
+    eventually_sync(lambda: len(http.get(f"/notifications/{account}").json()), lambda n: n == 1, what="notified")
+    before = _state(http, account)
+    bodies = [
+        ("POST", "/account", f'{{"actionType": "CREATE_NEW", "amount": {amount}}}'),
+        ("PUT", "/account", f'{{"accountId": "{account}", "amount": {amount}, "actionType": "DEPOSIT_MONEY"}}'),
+        ("PUT", "/account", f'{{"accountId": "{account}", "amount": {amount}, "actionType": "WITHDRAW_MONEY"}}'),
+        ("POST", "/orders", f'{{"accountId": "{account}", "amount": {amount}}}'),
+        ("PUT", "/orders", f'{{"accountId": "{account}", "orderNumber": "{number}", "amount": {amount}}}'),
+    ]
+    for method, path, body in bodies:
+        response = http.request(method, path, content=body, headers={"content-type": "application/json"})
+        assert_rejected(response, 422)
+    assert _state(http, account) == before
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body"),
+    [
+        # wrong enum values
+        ("POST", "/account", {"actionType": "create_new", "amount": 1}),
+        ("POST", "/account", {"actionType": "WITHDRAW_MONEY", "amount": 1}),
+        ("POST", "/account", {"actionType": 1, "amount": 1}),
+        ("PUT", "/account", {"accountId": "{account}", "amount": 1, "actionType": "CREATE_NEW"}),
+        ("PUT", "/account", {"accountId": "{account}", "amount": 1, "actionType": "deposit_money"}),
+        ("PUT", "/account", {"accountId": "{account}", "amount": 1, "actionType": None}),
+        # missing fields
+        ("POST", "/account", {}),
+        ("POST", "/account", {"amount": 1}),
+        ("PUT", "/account", {"accountId": "{account}", "actionType": "DEPOSIT_MONEY"}),
+        ("PUT", "/account", {"accountId": "{account}", "amount": 1}),
+        ("POST", "/orders", {"accountId": "{account}"}),
+        ("POST", "/orders", {}),
+        ("PUT", "/orders", {"accountId": "{account}", "orderNumber": "{account}:{account}"}),
+        ("PUT", "/orders", {"orderNumber": "{account}:{account}", "amount": 1}),
+        ("DELETE", "/orders", {"orderNumber": "{account}:{account}"}),
+        ("DELETE", "/orders", {}),
+        # wrong types and non-UUID ids in bodies
+        ("PUT", "/account", {"accountId": 12345, "amount": 1, "actionType": "DEPOSIT_MONEY"}),
+        ("PUT", "/account", {"accountId": ["{account}"], "amount": 1, "actionType": "DEPOSIT_MONEY"}),
+        ("POST", "/orders", {"accountId": "{account}x", "amount": 1}),
+        ("PUT", "/orders", {"accountId": "{account}", "orderNumber": 7, "amount": 1}),
+        ("PUT", "/orders", {"accountId": "{account}", "orderNumber": "x" * 101, "amount": 1}),
+        ("DELETE", "/orders", {"accountId": "{account}", "orderNumber": None}),
+    ],
+)
+def test_wrong_enums_types_and_missing_fields_are_422_and_change_nothing(
+    http: httpx.Client, account: str, method: str, path: str, body: dict[str, object]
+) -> None:
+    before = _state(http, account)
+    filled = json.loads(json.dumps(body).replace("{account}", account))
+    assert_rejected(http.request(method, path, json=filled), 422)
+    assert _state(http, account) == before
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [b"{", b"", b"[]", b"null", b'"text"', b"{'single': 'quotes'}", b'{"accountId": }', b"\xff\xfe", b"{}{}"],
+)
+@pytest.mark.parametrize(
+    ("method", "path"), [("PUT", "/account"), ("POST", "/orders"), ("PUT", "/orders"), ("DELETE", "/orders")]
+)
+def test_malformed_json_on_every_body_is_422(http: httpx.Client, method: str, path: str, raw: bytes) -> None:
+    assert_rejected(http.request(method, path, content=raw, headers={"content-type": "application/json"}), 422)
+
+
+def test_deposits_beyond_the_largest_balance_are_409_and_change_nothing(http: httpx.Client) -> None:
+    rich = http.post("/account", json={"actionType": "CREATE_NEW", "amount": 999999999999.99}).json()
+    before = _state(http, rich)
+    assert before[0]["balance"] == 999999999999.99
+    deposit = {"accountId": rich, "amount": 0.01, "actionType": "DEPOSIT_MONEY"}
+    assert_rejected(http.put("/account", json=deposit), 409)
+    assert _state(http, rich) == before
+
+
+def test_a_refund_on_a_full_account_is_still_served(http: httpx.Client) -> None:
+    """A refund is never refused (it gives back what was taken), even when a deposit made since
+    filled the account to the deposit limit: the balance then goes past that limit, and every
+    endpoint must still show it."""
+    account = str(http.post("/account", json={"actionType": "CREATE_NEW", "amount": 999999999999.99}).json())
+    order = http.post("/orders", json={"accountId": account, "amount": 10}).json()
+    eventually_sync(
+        lambda: http.get(f"/orders/{account}/{order}").json()["status"], lambda s: s == "CONFIRMED", what="paid"
+    )
+    http.put("/account", json={"accountId": account, "amount": 10, "actionType": "DEPOSIT_MONEY"}).raise_for_status()
+    refund = http.request("DELETE", "/orders", json={"accountId": account, "orderNumber": f"{account}:{order}"})
+    assert refund.status_code == 200, refund.text
+    eventually_sync(
+        lambda: http.get(f"/orders/{account}/{order}").json()["status"], lambda s: s == "REFUNDED", what="refunded"
+    )
+    response = http.get(f"/account/{account}")
+    assert response.status_code == 200, response.text
+    assert response.json()["balance"] == 1000000000009.99
+    ledger = http.get(f"/account/{account}/transactions")
+    assert ledger.status_code == 200, ledger.text
+    assert ledger.json()[-1]["balanceAfter"] == 1000000000009.99
+    # Still no deposit on top of it, and withdrawing works.
+    deposit = {"accountId": account, "amount": 1, "actionType": "DEPOSIT_MONEY"}
+    assert_rejected(http.put("/account", json=deposit), 409)
+    withdraw = {"accountId": account, "amount": 10, "actionType": "WITHDRAW_MONEY"}
+    assert http.put("/account", json=withdraw).json()["balance"] == 999999999999.99
+
+
+def test_bodies_over_the_gateway_limit_are_413_and_change_nothing(http: httpx.Client, account: str) -> None:
+    limit = 1024 * 1024  # GATEWAY_MAX_BODY_BYTES' default; the e2e gateway leaves it alone
+    before = _state(http, account)
+
+    def body(size: int) -> bytes:
+        head = f'{{"accountId": "{account}", "amount": 1, "actionType": "DEPOSIT_MONEY", "pad": "'.encode()
+        return head + b"x" * (size - len(head) - 2) + b'"}'
+
+    # Declared too large (Content-Length): refused before a byte is read.
+    assert_rejected(http.put("/account", content=body(limit + 1), headers={"content-type": "application/json"}), 413)
+
+    # Chunked, no length declared: refused once the limit is passed.
+    def chunks() -> Iterator[bytes]:
+        data = body(limit + 1)
+        for start in range(0, len(data), 64 * 1024):
+            yield data[start : start + 64 * 1024]
+
+    assert_rejected(http.put("/account", content=chunks(), headers={"content-type": "application/json"}), 413)
+    assert _state(http, account) == before
+    # At the limit exactly, the request goes through.
+    at_limit = http.put("/account", content=body(limit), headers={"content-type": "application/json"})
+    assert at_limit.status_code == 200, at_limit.text
+    assert at_limit.json()["balance"] == before[0]["balance"] + 1

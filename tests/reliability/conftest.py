@@ -9,61 +9,16 @@ from __future__ import annotations
 
 import asyncio
 import os
-import signal
 import uuid
 from collections.abc import Iterator
 
 import pytest
 
-from orbilnot.infra import free_ports
-from support import Stack, create_migrated_database
+# Defined in their own module (see there why); imported here for the fixture, and re-exported
+# for test modules that still import them from `conftest`.
+from replicated import LONG, SERVICES, ReplicatedStack  # noqa: F401
 
-SERVICES = ("billing", "order", "notification")
-LONG = os.environ.get("ORBILNOT_CHAOS") == "long"
-
-
-class ReplicatedStack(Stack):
-    """`replicas` processes of each service (named `billing-1`, `billing-2`, …) and one gateway
-    whose upstream variables list them all."""
-
-    def __init__(self, env: dict[str, str], logs: object, replicas: int) -> None:
-        super().__init__(urls={}, env=env, logs=logs)  # type: ignore[arg-type]
-        self.replicas = replicas
-        self.ports: dict[str, int] = {}
-
-    def start_all(self) -> None:
-        ports = iter(free_ports(len(SERVICES) * self.replicas + 1))
-        for service in SERVICES:
-            for n in range(1, self.replicas + 1):
-                name = f"{service}-{n}"
-                self.ports[name] = next(ports)
-                self.start(name, service, self.ports[name])
-        self.ports["gateway"] = next(ports)
-        self.start(
-            "gateway",
-            "gateway",
-            self.ports["gateway"],
-            {
-                f"{service.upper()}_URL": ",".join(self.urls[f"{service}-{n}"] for n in range(1, self.replicas + 1))
-                for service in SERVICES
-            },
-        )
-
-    def kill(self, name: str) -> None:
-        """kill -9: no shutdown code runs."""
-        process = self.processes[name]
-        process.send_signal(signal.SIGKILL)
-        process.wait()
-
-    def restart(self, name: str) -> None:
-        service = name.rsplit("-", 1)[0] if name != "gateway" else "gateway"
-        extra = None
-        if service == "gateway":
-            extra = {
-                f"{s.upper()}_URL": ",".join(self.urls[f"{s}-{n}"] for n in range(1, self.replicas + 1))
-                for s in SERVICES
-            }
-        self.start(name, service, self.ports[name], extra)
+from support import create_migrated_database
 
 
 @pytest.fixture

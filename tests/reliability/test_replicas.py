@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
+from replicated import LONG, ReplicatedStack
 from workload import Workload, check_invariants
-
-from conftest import LONG, ReplicatedStack
 
 
 async def test_two_replicas_of_everything_keep_every_guarantee(replicated_stack: ReplicatedStack) -> None:
