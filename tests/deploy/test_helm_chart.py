@@ -111,7 +111,7 @@ def test_every_object_is_labelled_for_the_release(rendered: Rendered) -> None:
 # ------------------------------------------------------------------------- Kubernetes schemas
 
 
-# The oldest Kubernetes minor the chart claims (docs/deploy.md) and the newest schemas bundled
+# The oldest Kubernetes minor the chart claims (README, "Deploy") and the newest schemas bundled
 # with kubernetes-validate.
 SCHEMA_VERSIONS = ("1.27.0", kubernetes_validate.latest_version())
 
