@@ -147,7 +147,8 @@ class StripTrailingSlashMiddleware:
         if scope["type"] == "http":
             path: str = scope["path"]
             if len(path) > 1 and path.endswith("/"):
-                scope = dict(scope)
+                # In place, not a copy: the router records the matched route in this scope, and
+                # the request-metrics middleware outside reads it from there.
                 scope["path"] = path.rstrip("/") or "/"
                 raw = scope.get("raw_path")
                 if raw:
