@@ -4,11 +4,15 @@ deadline (never a fixed sleep), and reading back what landed on a Kafka topic.""
 from __future__ import annotations
 
 import asyncio
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
@@ -18,9 +22,57 @@ import httpx
 from aiokafka import AIOKafkaConsumer
 from aiokafka.structs import ConsumerRecord
 
+from orbilnot.infra import free_ports
+from orbilnot.infra.kafka import LocalKafka
+from orbilnot.infra.postgres import LocalPostgres
 from orbilnot.migrations.runner import migrate
 
 T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class RunningInfra:
+    postgres: LocalPostgres
+    kafka: LocalKafka
+
+    @property
+    def database_url(self) -> str:
+        return self.postgres.url
+
+    @property
+    def kafka_bootstrap_servers(self) -> str:
+        return self.kafka.bootstrap_servers
+
+
+@contextmanager
+def started_infra(prefix: str, kafka_lib_dir: Path) -> Iterator[RunningInfra]:
+    """A real PostgreSQL and Kafka in a new temporary directory on free ports, started side by
+    side, and stopped (directory removed) on the way out, whatever happened.
+
+    Not pytest's tmp_path: its directories are private (0700) and, as root, PostgreSQL runs as
+    the `postgres` user, who must be able to reach its data directory.
+    """
+    root = Path(tempfile.mkdtemp(prefix=prefix))
+    pg_port, kafka_port, controller_port = free_ports(3)
+    running = RunningInfra(
+        postgres=LocalPostgres(root / "postgres", pg_port),
+        kafka=LocalKafka(root / "kafka", kafka_port, controller_port, kafka_lib_dir),
+    )
+    pool = ThreadPoolExecutor(max_workers=2)
+    starts = [pool.submit(running.postgres.start), pool.submit(running.kafka.start)]
+    try:
+        for start in starts:
+            start.result()
+        yield running
+    finally:
+        # Interrupted during set-up, a start may still be under way: let it finish first, or the
+        # server it launches would outlive the stop below. Stopping twice is harmless.
+        pool.shutdown(wait=True)
+        try:
+            running.kafka.stop()
+        finally:
+            running.postgres.stop()
+            shutil.rmtree(root, ignore_errors=True)
 
 
 async def create_migrated_database(server_url: str) -> str:

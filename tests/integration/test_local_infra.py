@@ -22,7 +22,7 @@ from orbilnot.infra import free_ports, process_cmdline
 from orbilnot.infra.local import LocalInfra, infra_command
 
 if TYPE_CHECKING:
-    from conftest import RunningInfra
+    from support import RunningInfra
 
 TIMEOUT_S = 30
 

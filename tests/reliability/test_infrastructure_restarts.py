@@ -10,11 +10,8 @@ run after this module never see a restarted server.
 from __future__ import annotations
 
 import asyncio
-import shutil
-import tempfile
 import time
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -24,48 +21,16 @@ from chaos import until_readiness as until_ready
 from replicated import LONG, ReplicatedStack
 from workload import Workload, check_invariants
 
-from orbilnot.infra import free_ports
-from orbilnot.infra.kafka import LocalKafka
-from orbilnot.infra.postgres import LocalPostgres
-
-
-class DedicatedInfra:
-    def __init__(self, root: Path, kafka_lib_dir: Path) -> None:
-        pg_port, kafka_port, controller_port = free_ports(3)
-        self.postgres = LocalPostgres(root / "postgres", pg_port)
-        self.kafka = LocalKafka(root / "kafka", kafka_port, controller_port, kafka_lib_dir)
-
-    @property
-    def database_url(self) -> str:
-        return self.postgres.url
-
-    @property
-    def kafka_bootstrap_servers(self) -> str:
-        return self.kafka.bootstrap_servers
+from support import RunningInfra, started_infra
 
 
 @pytest.fixture(scope="module")
-def infra(kafka_lib_dir: Path) -> Iterator[DedicatedInfra]:
-    # Like the session's (tests/conftest.py): a world-traversable temporary directory, because
-    # PostgreSQL may run as the `postgres` user.
-    root = Path(tempfile.mkdtemp(prefix="orbilnot-restarts-"))
-    running = DedicatedInfra(root, kafka_lib_dir)
-    pool = ThreadPoolExecutor(max_workers=2)
-    starts = [pool.submit(running.postgres.start), pool.submit(running.kafka.start)]
-    try:
-        for start in starts:
-            start.result()
+def infra(kafka_lib_dir: Path) -> Iterator[RunningInfra]:
+    with started_infra("orbilnot-restarts-", kafka_lib_dir) as running:
         yield running
-    finally:
-        pool.shutdown(wait=True)
-        try:
-            running.kafka.stop()
-        finally:
-            running.postgres.stop()
-            shutil.rmtree(root, ignore_errors=True)
 
 
-def _on_dedicated_servers(stack: ReplicatedStack, infra: DedicatedInfra) -> None:
+def _on_dedicated_servers(stack: ReplicatedStack, infra: RunningInfra) -> None:
     # `replicated_stack` must have taken this module's servers, not the session's.
     assert f":{infra.postgres.port}/" in stack.env["DATABASE_URL"], stack.env["DATABASE_URL"]
     assert stack.env["KAFKA_BOOTSTRAP_SERVERS"] == infra.kafka_bootstrap_servers
@@ -76,7 +41,7 @@ def _plan(orders: int, outages: int, outage: Disruption) -> list[tuple[int, Disr
     return [(int(orders * 0.8 * (i + 1) / (outages + 1)), outage) for i in range(outages)]
 
 
-async def test_kafka_killed_and_restarted_mid_load(replicated_stack: ReplicatedStack, infra: DedicatedInfra) -> None:
+async def test_kafka_killed_and_restarted_mid_load(replicated_stack: ReplicatedStack, infra: RunningInfra) -> None:
     stack = replicated_stack
     _on_dedicated_servers(stack, infra)
     orders, outages = (1500, 4) if LONG else (300, 1)
@@ -110,9 +75,7 @@ async def test_kafka_killed_and_restarted_mid_load(replicated_stack: ReplicatedS
     )
 
 
-async def test_postgres_stopped_and_restarted_mid_load(
-    replicated_stack: ReplicatedStack, infra: DedicatedInfra
-) -> None:
+async def test_postgres_stopped_and_restarted_mid_load(replicated_stack: ReplicatedStack, infra: RunningInfra) -> None:
     stack = replicated_stack
     _on_dedicated_servers(stack, infra)
     orders, outages = (1500, 4) if LONG else (300, 1)
