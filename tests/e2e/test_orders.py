@@ -87,3 +87,12 @@ def test_one_order_and_empty_lists(http: httpx.Client) -> None:
     assert http.get(f"/notifications/{nobody}").json() == []
     assert http.get(f"/orders/{nobody}/{uuid.uuid4()}").status_code == 404
     assert http.get(f"/account/{nobody}").status_code == 404
+
+
+def test_metrics_label_requests_by_route(http: httpx.Client, stack) -> None:  # type: ignore[no-untyped-def]
+    account = funded_account(http)
+    http.post("/orders", json={"accountId": account, "amount": 1})
+    order_metrics = httpx.get(f"{stack.urls['order']}/metrics").text
+    gateway_metrics = httpx.get(f"{stack.gateway}/metrics").text
+    assert 'method="POST",route="place_order",status="200"' in order_metrics
+    assert 'method="POST",route="/orders",status="200"' in gateway_metrics

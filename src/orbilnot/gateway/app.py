@@ -103,7 +103,7 @@ class ProxyRoute(BaseRoute):
         upstream_path = self.rule.upstream_path(raw_path)
         if upstream_path is None:
             return Match.NONE, {}
-        return Match.FULL, {_UPSTREAM_PATH: upstream_path}
+        return Match.FULL, {_UPSTREAM_PATH: upstream_path, "route": self}  # "route": for the metrics label
 
     def url_path_for(self, name: str, /, **path_params: Any) -> Any:
         raise NoMatchFound(name, path_params)

@@ -102,8 +102,10 @@ class RequestContextMiddleware:
         try:
             await self.app(scope, receive, send_with_id)
         finally:
+            # The matched route's name (FastAPI: the endpoint's, e.g. `place_order`), else its
+            # path (the gateway's prefix routes): a bounded label, never the full URL.
             route = scope.get("route")
-            route_name = getattr(route, "path", None) or "unmatched"
+            route_name = getattr(route, "name", None) or getattr(route, "path", None) or "unmatched"
             method = scope.get("method", "")
             HTTP_REQUESTS.labels(method, route_name, str(status_code)).inc()
             HTTP_LATENCY.labels(method, route_name).observe(time.perf_counter() - started)
