@@ -4,6 +4,7 @@ deadline (never a fixed sleep), and reading back what landed on a Kafka topic.""
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
 import subprocess
 import sys
@@ -168,7 +169,8 @@ class Stack:
         self.urls[name] = url
         eventually_sync(lambda: _ready(url, self.processes[name]), bool, timeout_s=30, what=f"{name} ready")
 
-    def stop_all(self) -> None:
+    def stop_all(self, *, log_lines: int = 15) -> None:
+        """Stop every process, then print the tail of each log (pytest shows it for a failure)."""
         for process in self.processes.values():
             if process.poll() is None:
                 process.terminate()
@@ -178,6 +180,23 @@ class Stack:
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
+        for log in sorted(self.logs.glob("*.log")):
+            tail = log.read_text(errors="replace").splitlines()[-log_lines:]
+            print(f"--- {log.name}\n" + "\n".join(tail))
+
+
+def stack_env(infra: RunningInfra, database_url: str, topic_prefix: str, **extra: str) -> dict[str, str]:
+    """The environment of a test stack: its own database and topics on the session's servers."""
+    run = uuid.uuid4().hex[:8]
+    return {
+        **os.environ,
+        "DATABASE_URL": database_url,
+        "KAFKA_BOOTSTRAP_SERVERS": infra.kafka_bootstrap_servers,
+        "ORDER_EVENT_TOPIC": f"{topic_prefix}-{run}.order.event",
+        "PAYMENT_EVENT_TOPIC": f"{topic_prefix}-{run}.payment.event",
+        "LOG_FORMAT": "text",
+        **extra,
+    }
 
 
 def _ready(url: str, process: subprocess.Popen[bytes]) -> bool:

@@ -30,10 +30,10 @@ def _port(service: str) -> int:
     return int(os.environ.get(f"ORBILNOT_{service.upper()}_PORT") or DEFAULT_PORTS[service])
 
 
-def spawn(service: str, port: int, env: dict[str, str], **popen: object) -> subprocess.Popen[bytes]:
+def spawn(service: str, port: int, env: dict[str, str]) -> subprocess.Popen[bytes]:
     """One `orbilnot serve` process."""
     command = [sys.executable, "-m", "orbilnot.cli", "serve", service, "--port", str(port)]
-    return subprocess.Popen(command, env=env, **popen)  # type: ignore[call-overload,no-any-return]
+    return subprocess.Popen(command, env=env)
 
 
 def gateway_env(env: dict[str, str], urls: dict[str, str]) -> dict[str, str]:

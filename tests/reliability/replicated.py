@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import os
 import signal
+from pathlib import Path
 
 from orbilnot.infra import free_ports
+from orbilnot.up import gateway_env
 from support import Stack
 
 SERVICES = ("billing", "order", "notification")
@@ -22,8 +24,8 @@ class ReplicatedStack(Stack):
     """`replicas` processes of each service (named `billing-1`, `billing-2`, …) and one gateway
     whose upstream variables list them all."""
 
-    def __init__(self, env: dict[str, str], logs: object, replicas: int) -> None:
-        super().__init__(urls={}, env=env, logs=logs)  # type: ignore[arg-type]
+    def __init__(self, env: dict[str, str], logs: Path, replicas: int) -> None:
+        super().__init__(urls={}, env=env, logs=logs)
         self.replicas = replicas
         self.ports: dict[str, int] = {}
 
@@ -35,15 +37,7 @@ class ReplicatedStack(Stack):
                 self.ports[name] = next(ports)
                 self.start(name, service, self.ports[name])
         self.ports["gateway"] = next(ports)
-        self.start(
-            "gateway",
-            "gateway",
-            self.ports["gateway"],
-            {
-                f"{service.upper()}_URL": ",".join(self.urls[f"{service}-{n}"] for n in range(1, self.replicas + 1))
-                for service in SERVICES
-            },
-        )
+        self.start("gateway", "gateway", self.ports["gateway"], self._gateway_env())
 
     def kill(self, name: str) -> None:
         """kill -9: no shutdown code runs."""
@@ -52,11 +46,12 @@ class ReplicatedStack(Stack):
         process.wait()
 
     def restart(self, name: str) -> None:
-        service = name.rsplit("-", 1)[0] if name != "gateway" else "gateway"
-        extra = None
-        if service == "gateway":
-            extra = {
-                f"{s.upper()}_URL": ",".join(self.urls[f"{s}-{n}"] for n in range(1, self.replicas + 1))
-                for s in SERVICES
-            }
-        self.start(name, service, self.ports[name], extra)
+        if name == "gateway":
+            self.start(name, "gateway", self.ports[name], self._gateway_env())
+        else:
+            self.start(name, name.rsplit("-", 1)[0], self.ports[name])
+
+    def _gateway_env(self) -> dict[str, str]:
+        """Each upstream variable lists every replica of its service."""
+        replicas = range(1, self.replicas + 1)
+        return gateway_env({}, {s: ",".join(self.urls[f"{s}-{n}"] for n in replicas) for s in SERVICES})

@@ -36,6 +36,18 @@ def _on_dedicated_servers(stack: ReplicatedStack, infra: RunningInfra) -> None:
     assert stack.env["KAFKA_BOOTSTRAP_SERVERS"] == infra.kafka_bootstrap_servers
 
 
+async def _load_with_outages(
+    stack: ReplicatedStack, workload: Workload, plan: list[tuple[int, Disruption]]
+) -> dict[str, int]:
+    """Open the accounts, run the load with the planned outages in it, check every guarantee."""
+    try:
+        await workload.open_accounts()
+        await run_with_disruptions(workload, plan)
+        return await check_invariants(workload, stack.env["DATABASE_URL"], settle_s=120)
+    finally:
+        await workload.close()
+
+
 def _plan(orders: int, outages: int, outage: Disruption) -> list[tuple[int, Disruption]]:
     """`outages` outages spread over the first 80% of the load."""
     return [(int(orders * 0.8 * (i + 1) / (outages + 1)), outage) for i in range(outages)]
@@ -60,12 +72,7 @@ async def test_kafka_killed_and_restarted_mid_load(replicated_stack: ReplicatedS
         await until_ready(stack, services, 200, timeout_s=90, what="services after the Kafka restart")
 
     started = time.monotonic()
-    try:
-        await workload.open_accounts()
-        await run_with_disruptions(workload, _plan(orders, outages, kill_kafka_then_restart))
-        report = await check_invariants(workload, stack.env["DATABASE_URL"], settle_s=120)
-    finally:
-        await workload.close()
+    report = await _load_with_outages(stack, workload, _plan(orders, outages, kill_kafka_then_restart))
     assert len(placed_while_down) == outages
     assert sum(placed_while_down) > 0, "no order was placed while Kafka was down: nothing to drain"
     assert report["orders"] == orders and report["CANCELLED"] > 0 and report["CONFIRMED"] > 0, report
@@ -98,12 +105,7 @@ async def test_postgres_stopped_and_restarted_mid_load(replicated_stack: Replica
         recovery_s.append(await until_ready(stack, services, 200, timeout_s=60, what="services after PostgreSQL"))
 
     started = time.monotonic()
-    try:
-        await workload.open_accounts()
-        await run_with_disruptions(workload, _plan(orders, outages, stop_postgres_then_restart))
-        report = await check_invariants(workload, stack.env["DATABASE_URL"], settle_s=120)
-    finally:
-        await workload.close()
+    report = await _load_with_outages(stack, workload, _plan(orders, outages, stop_postgres_then_restart))
     assert len(recovery_s) == outages
     assert report["orders"] == orders and report["CANCELLED"] > 0 and report["CONFIRMED"] > 0, report
     print(

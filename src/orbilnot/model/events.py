@@ -8,7 +8,6 @@ so a re-publish after a crash carries the same id and consumers recognise the du
 from __future__ import annotations
 
 import re
-from datetime import UTC, datetime
 from enum import StrEnum
 from uuid import UUID
 
@@ -79,7 +78,3 @@ class PaymentEvent(_Event):
     amount: PositiveMoney
     description: str | None = Field(default=None, max_length=1000)
     occurred_at: AwareDatetime
-
-
-def utc_now() -> datetime:
-    return datetime.now(UTC)
