@@ -23,7 +23,8 @@ def assert_rejected(response: httpx.Response, status: int) -> None:
     assert "detail" in response.json()
 
 
-BAD_AMOUNTS = [0, -1, 1.005, "NaN", 1e15, "ten", None, True]
+# Money is a JSON number (SPEC §3): a string is refused even when Python's Decimal would read it.
+BAD_AMOUNTS = [0, -1, 1.005, "NaN", 1e15, "ten", None, True, "100", "  5  ", "5_0", "12.5"]
 
 
 @pytest.mark.parametrize("amount", BAD_AMOUNTS)
@@ -64,6 +65,37 @@ def test_non_uuid_ids_in_paths_are_422(http: httpx.Client, path: str) -> None:
 @pytest.mark.parametrize("raw", [b"{", b"[]", b"null", b'{"actionType": "CREATE_NEW", "amount": NaN}'])
 def test_malformed_json_is_422(http: httpx.Client, raw: bytes) -> None:
     assert_rejected(http.post("/account", content=raw, headers={"content-type": "application/json"}), 422)
+
+
+@pytest.mark.parametrize("amount", ["100", "  5  ", "5_0"])
+def test_money_as_a_string_opens_no_account(http: httpx.Client, amount: str) -> None:
+    assert_rejected(http.post("/account", json={"actionType": "CREATE_NEW", "amount": amount}), 422)
+
+
+# Bodies no JSON parser should choke on: invalid UTF-8 inside a string, and nesting deep enough to
+# exhaust a recursive parser. Each is a 422 with a JSON detail, directly from a service as well as
+# through the gateway, and never a 5xx or a traceback.
+HOSTILE_BODIES = [
+    b'{"actionType": "CREATE_NEW\xff", "amount": 1}',
+    b'{"actionType": "CREATE_NEW", "amount": 1, "note": "\xc3\x28"}',
+    b"[" * 100_000 + b"]" * 100_000,
+    b'{"actionType": "CREATE_NEW", "amount": ' + b"[" * 50_000 + b"]" * 50_000 + b"}",
+    b'{"a":' * 20_000 + b"1" + b"}" * 20_000,
+]
+
+
+@pytest.mark.parametrize("raw", HOSTILE_BODIES, ids=["utf8-in-enum", "utf8-in-extra", "arrays", "in-amount", "objects"])
+def test_invalid_utf8_and_absurd_nesting_are_422_without_a_traceback(
+    http: httpx.Client,
+    stack,
+    raw: bytes,  # type: ignore[no-untyped-def]
+) -> None:
+    for base in (stack.gateway, stack.urls["billing"], stack.urls["order"]):
+        path = "/orders" if base == stack.urls["order"] else "/account"
+        response = httpx.post(f"{base}{path}", content=raw, headers={"content-type": "application/json"}, timeout=10)
+        assert_rejected(response, 422)
+        assert "Traceback" not in response.text and 'File "' not in response.text
+    assert http.get("/health/live").status_code == 200
 
 
 def test_a_body_without_content_type_is_read_as_json(http: httpx.Client) -> None:
@@ -147,8 +179,12 @@ RAW_BAD_AMOUNTS = [
 def test_bad_raw_amounts_everywhere_are_422_and_change_nothing(http: httpx.Client, account: str, amount: str) -> None:
     order = http.post("/orders", json={"accountId": account, "amount": 1}).json()
     number = f"{account}:{order}"
-    # Once the order is paid and notified, nothing is under way for this account any more.
+    # Once the order is paid and notified, nothing is under way for this account any more. (The
+    # notification may come before the order service records CONFIRMED: wait for both.)
     eventually_sync(lambda: len(http.get(f"/notifications/{account}").json()), lambda n: n == 1, what="notified")
+    eventually_sync(
+        lambda: http.get(f"/orders/{account}/{order}").json()["status"], lambda s: s == "CONFIRMED", what="paid"
+    )
     before = _state(http, account)
     bodies = [
         ("POST", "/account", f'{{"actionType": "CREATE_NEW", "amount": {amount}}}'),

@@ -11,7 +11,7 @@ from __future__ import annotations
 from decimal import Decimal
 from typing import Annotated
 
-from pydantic import Field, PlainSerializer
+from pydantic import BeforeValidator, Field, PlainSerializer, WithJsonSchema
 
 MONEY_DIGITS = 14
 MONEY_PLACES = 2
@@ -23,12 +23,33 @@ def money_to_json(value: Decimal) -> int | float:
     return int(value) if value == value.to_integral_value() else float(value)
 
 
+def reject_strings(value: object) -> object:
+    """Money comes in as a JSON number (SPEC §3). Pydantic's Decimal would also read a string,
+    trimming blanks and underscores ("  5  ", "5_0" → 50): a client that sends such a thing has
+    a bug we must not paper over, so a string is invalid input (422), never a number."""
+    if isinstance(value, str | bytes):
+        raise ValueError("money must be a JSON number, not a string")
+    return value
+
+
 _money_json = PlainSerializer(money_to_json, return_type=int | float, when_used="json")
 _money_field = {"max_digits": MONEY_DIGITS, "decimal_places": MONEY_PLACES, "allow_inf_nan": False}
+_numbers_only = BeforeValidator(reject_strings)
 
-Money = Annotated[Decimal, Field(**_money_field), _money_json]
-PositiveMoney = Annotated[Decimal, Field(gt=0, **_money_field), _money_json]
-NonNegativeMoney = Annotated[Decimal, Field(ge=0, **_money_field), _money_json]
+
+def _number_schema(**bounds: float) -> WithJsonSchema:
+    """What OpenAPI shows for a money input: a number, never the string pydantic's Decimal allows."""
+    schema = {"type": "number", "maximum": float(MAX_MONEY), "multipleOf": 0.01, **bounds}
+    return WithJsonSchema(schema, mode="validation")
+
+
+Money = Annotated[Decimal, _numbers_only, Field(**_money_field), _money_json, _number_schema()]
+PositiveMoney = Annotated[
+    Decimal, _numbers_only, Field(gt=0, **_money_field), _money_json, _number_schema(exclusiveMinimum=0)
+]
+NonNegativeMoney = Annotated[
+    Decimal, _numbers_only, Field(ge=0, **_money_field), _money_json, _number_schema(minimum=0)
+]
 # For answers only: what the database holds may be more than a request may ask for. A refund is
 # never refused, so it can take a balance past MAX_MONEY (the columns are NUMERIC(15,2)); with the
 # 14-digit limit of `Money` such a balance failed the answer's validation, a 500.

@@ -16,12 +16,15 @@ from contextlib import asynccontextmanager
 from typing import Annotated, Any, TypeVar
 
 from fastapi import APIRouter, Depends, FastAPI, Request
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import AsyncConnection
+from starlette.exceptions import HTTPException
+from starlette.responses import Response
 
 from orbilnot.shared.config import ServiceSettings
 from orbilnot.shared.consumer import IdempotentConsumer
@@ -227,6 +230,18 @@ def create_service_app(
         # FastAPI's default answer, minus the echoed input (it can be a 1 MB body).
         details = [{k: v for k, v in e.items() if k not in ("input", "ctx", "url")} for e in error.errors()]
         return JSONResponse({"detail": details}, status_code=422)
+
+    @app.exception_handler(HTTPException)
+    async def unreadable_body(request: Request, error: HTTPException) -> Response:
+        # FastAPI answers a body that json.loads rejects with anything but a JSONDecodeError as a
+        # bare 400: invalid UTF-8 (UnicodeDecodeError) and nesting deeper than the interpreter's
+        # recursion limit (RecursionError). To a client both are just JSON it cannot send: 422,
+        # like every other malformed body (SPEC §3).
+        if error.status_code == 400 and isinstance(error.__cause__, ValueError | RecursionError):
+            reason = "not UTF-8" if isinstance(error.__cause__, UnicodeDecodeError) else "nested too deep"
+            detail = [{"type": "json_invalid", "loc": ["body"], "msg": f"JSON decode error: {reason}"}]
+            return JSONResponse({"detail": detail}, status_code=422)
+        return await http_exception_handler(request, error)
 
     app.add_middleware(StripTrailingSlashMiddleware)
     app.add_middleware(RequestContextMiddleware)
