@@ -5,6 +5,7 @@ from __future__ import annotations
 import uuid
 
 import httpx
+import pytest
 
 from support import eventually_sync
 
@@ -96,3 +97,38 @@ def test_metrics_label_requests_by_route(http: httpx.Client, stack) -> None:  # 
     gateway_metrics = httpx.get(f"{stack.gateway}/metrics").text
     assert 'method="POST",route="place_order",status="200"' in order_metrics
     assert 'method="POST",route="/orders",status="200"' in gateway_metrics
+
+
+@pytest.mark.parametrize("key", ["", "x" * 201, "caf\xe9", "tab\there"])
+def test_an_unusable_idempotency_key_is_422_and_creates_nothing(http: httpx.Client, key: str) -> None:
+    """An empty key used to be stored like any other, so every later empty key, from any account,
+    got that first order's id back and created nothing (issue 8)."""
+    account = funded_account(http)
+    response = http.post(
+        "/orders", json={"accountId": account, "amount": 1}, headers={"Idempotency-Key": key.encode("latin-1")}
+    )
+    assert response.status_code == 422, response.text
+    assert http.get(f"/orders/{account}").json() == []
+
+
+def test_idempotency_keys_belong_to_one_account(http: httpx.Client) -> None:
+    """The same key from two accounts makes two orders; neither account can occupy the other's key."""
+    key = {"Idempotency-Key": f"shared-{uuid.uuid4().hex}"}
+    first_account, second_account = funded_account(http), funded_account(http)
+    first = http.post("/orders", json={"accountId": first_account, "amount": 100}, headers=key)
+    second = http.post("/orders", json={"accountId": second_account, "amount": 100}, headers=key)
+    assert first.status_code == second.status_code == 200, second.text
+    assert first.json() != second.json()
+    other_amount = http.post("/orders", json={"accountId": second_account, "amount": 7}, headers=key)
+    assert other_amount.status_code == 409
+    assert [o["id"] for o in http.get(f"/orders/{first_account}").json()] == [first.json()]
+    assert [o["id"] for o in http.get(f"/orders/{second_account}").json()] == [second.json()]
+
+
+def test_the_longest_printable_key_is_accepted(http: httpx.Client) -> None:
+    account = funded_account(http)
+    key = {"Idempotency-Key": "".join(chr(c) for c in range(0x21, 0x7F)) + "k" * 106}
+    first = http.post("/orders", json={"accountId": account, "amount": 1}, headers=key)
+    again = http.post("/orders", json={"accountId": account, "amount": 1}, headers=key)
+    assert first.status_code == again.status_code == 200, first.text
+    assert first.json() == again.json()

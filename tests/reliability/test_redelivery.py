@@ -20,7 +20,7 @@ from kafka_tools import (
     wait_consumed,
 )
 from replicated import LONG, ReplicatedStack
-from workload import Workload, _get_json, check_invariants
+from workload import Workload, _get_json, check_invariants, get_all
 
 SCHEMAS = ("billing", "order_service", "notification_service")
 
@@ -31,9 +31,9 @@ async def api_snapshot(workload: Workload) -> dict[str, Any]:
     for account in workload.books:
         seen[account] = {
             "account": await _get_json(workload.http, f"/account/{account}"),
-            "ledger": await _get_json(workload.http, f"/account/{account}/transactions"),
-            "orders": await _get_json(workload.http, f"/orders/{account}"),
-            "notifications": await _get_json(workload.http, f"/notifications/{account}"),
+            "ledger": await get_all(workload.http, f"/account/{account}/transactions"),
+            "orders": await get_all(workload.http, f"/orders/{account}"),
+            "notifications": await get_all(workload.http, f"/notifications/{account}"),
         }
     return seen
 

@@ -9,6 +9,7 @@ lost (a replica killed mid-request, a 502) is retried safely until it is acknowl
 from __future__ import annotations
 
 import asyncio
+import functools
 import random
 import time
 import uuid
@@ -57,6 +58,17 @@ async def _retry(call: Any, what: str) -> httpx.Response:
 
 async def _get_json(http: httpx.AsyncClient, path: str) -> Any:
     return (await _retry(lambda: http.get(path), f"GET {path}")).json()
+
+
+async def get_all(http: httpx.AsyncClient, path: str) -> list[Any]:
+    """A whole list, page by page, following the `Link: <…>; rel="next"` headers."""
+    items: list[Any] = []
+    url: str | None = f"{path}?limit=1000"
+    while url is not None:
+        response = await _retry(functools.partial(http.get, url), f"GET {url}")
+        items.extend(response.json())
+        url = response.links.get("next", {}).get("url")
+    return items
 
 
 class Workload:
@@ -140,7 +152,7 @@ async def check_invariants(workload: Workload, database_url: str, *, settle_s: f
     books = list(workload.books.values())
 
     async def orders_of(book: Book) -> dict[str, dict[str, Any]]:
-        return {o["id"]: o for o in await _get_json(http, f"/orders/{book.account}")}
+        return {o["id"]: o for o in await get_all(http, f"/orders/{book.account}")}
 
     # 1. Every acknowledged order reaches a final status (refunds: REFUNDED), in time.
     deadline = time.monotonic() + settle_s
@@ -174,7 +186,7 @@ async def check_invariants(workload: Workload, database_url: str, *, settle_s: f
         assert balance >= 0
 
         # 4. The ledger sums to the balance; one PAYMENT per paid order, one REFUND per refunded.
-        ledger = await _get_json(http, f"/account/{book.account}/transactions")
+        ledger = await get_all(http, f"/account/{book.account}/transactions")
         assert sum(Decimal(str(e["amount"])) for e in ledger) == balance, f"{book.account}: ledger ≠ balance"
         payments = Counter(e["orderNumber"] for e in ledger if e["kind"] == "PAYMENT")
         refunds = Counter(e["orderNumber"] for e in ledger if e["kind"] == "REFUND")
@@ -197,7 +209,7 @@ async def check_invariants(workload: Workload, database_url: str, *, settle_s: f
             if status == "REFUNDED":
                 expected[(number, "REFUNDED")] += 1
         while True:
-            notes = await _get_json(http, f"/notifications/{book.account}")
+            notes = await get_all(http, f"/notifications/{book.account}")
             got = Counter((n["orderNumber"], n["notificationType"]) for n in notes)
             extra, missing = got - expected, expected - got
             assert not extra, f"{book.account}: notifications not expected (duplicates?): {extra}"

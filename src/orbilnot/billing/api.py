@@ -12,6 +12,7 @@ from fastapi import APIRouter
 from orbilnot.billing import handlers
 from orbilnot.billing.domain import AccountAction
 from orbilnot.shared.money import NonNegativeMoney, PositiveMoney, StoredMoney
+from orbilnot.shared.pagination import PageQuery
 from orbilnot.shared.schemas import ApiModel
 from orbilnot.shared.service import KernelDep
 
@@ -68,10 +69,10 @@ async def get_account(account_id: UUID, kernel: KernelDep) -> AccountResponse:
 
 @router.get(
     "/{account_id}/transactions",
-    summary="The account's ledger, oldest first; the balance is the sum of the amounts",
+    summary="The account's ledger, oldest first, a page at a time; the balance is the sum of the amounts",
     responses={404: {}},
 )
-async def list_transactions(account_id: UUID, kernel: KernelDep) -> list[LedgerEntryResponse]:
+async def list_transactions(account_id: UUID, kernel: KernelDep, page: PageQuery) -> list[LedgerEntryResponse]:
     async with kernel.engine.connect() as conn:
-        entries = await handlers.list_ledger(conn, account_id)
-    return [LedgerEntryResponse.model_validate(e) for e in entries]
+        entries = await handlers.list_ledger(conn, account_id, limit=page.limit, after=page.after)
+    return [LedgerEntryResponse.model_validate(e) for e in page.answer(entries)]

@@ -20,6 +20,7 @@ from orbilnot.billing.domain import AccountAction, LedgerKind, OrderEventStatus
 from orbilnot.billing.tables import accounts, ledger, order_events
 from orbilnot.model import OrderEvent, OrderEventType, PaymentEvent
 from orbilnot.shared.errors import NotFound
+from orbilnot.shared.pagination import DEFAULT_LIMIT, Page
 from orbilnot.shared.relay import OutgoingMessage
 
 
@@ -72,14 +73,21 @@ async def get_account(conn: AsyncConnection, account_id: UUID) -> Account:
     return Account(account_id, balance)
 
 
-async def list_ledger(conn: AsyncConnection, account_id: UUID) -> list[LedgerEntry]:
+async def list_ledger(
+    conn: AsyncConnection, account_id: UUID, *, limit: int = DEFAULT_LIMIT, after: int | None = None
+) -> Page[LedgerEntry]:
+    """The account's ledger after entry `after`, oldest first, on the (account_id, id) index.
+
+    Entries are written only under the account's row lock (or with the account itself), so their
+    ids follow commit order within the account and keyset pages skip nothing."""
     await get_account(conn, account_id)
-    rows = await conn.execute(
-        select(ledger.c.kind, ledger.c.amount, ledger.c.balance_after, ledger.c.order_number, ledger.c.created_at)
-        .where(ledger.c.account_id == account_id)
-        .order_by(ledger.c.id)
-    )
-    return [LedgerEntry(*row) for row in rows]
+    query = select(
+        ledger.c.id, ledger.c.kind, ledger.c.amount, ledger.c.balance_after, ledger.c.order_number, ledger.c.created_at
+    ).where(ledger.c.account_id == account_id)
+    if after is not None:
+        query = query.where(ledger.c.id > after)
+    rows = await conn.execute(query.order_by(ledger.c.id).limit(limit + 1))
+    return Page.of([(entry_id, LedgerEntry(*rest)) for entry_id, *rest in rows], limit)
 
 
 # -- order events (Kafka) ----------------------------------------------------------------------

@@ -8,6 +8,7 @@ from uuid import UUID
 from fastapi import APIRouter
 
 from orbilnot.notification import handlers
+from orbilnot.shared.pagination import PageQuery
 from orbilnot.shared.schemas import ApiModel
 from orbilnot.shared.service import KernelDep
 
@@ -24,8 +25,8 @@ class NotificationResponse(ApiModel):
     created_at: datetime
 
 
-@router.get("/{account_id}", summary="An account's notifications, oldest first")
-async def list_notifications(account_id: UUID, kernel: KernelDep) -> list[NotificationResponse]:
+@router.get("/{account_id}", summary="An account's notifications, oldest first, a page at a time")
+async def list_notifications(account_id: UUID, kernel: KernelDep, page: PageQuery) -> list[NotificationResponse]:
     async with kernel.engine.connect() as conn:
-        found = await handlers.list_notifications(conn, account_id)
-    return [NotificationResponse.model_validate(n) for n in found]
+        found = await handlers.list_notifications(conn, account_id, limit=page.limit, after=page.after)
+    return [NotificationResponse.model_validate(n) for n in page.answer(found)]

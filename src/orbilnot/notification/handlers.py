@@ -14,6 +14,9 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from orbilnot.model import PaymentEvent
 from orbilnot.notification.domain import render
 from orbilnot.notification.tables import notifications
+from orbilnot.shared.pagination import DEFAULT_LIMIT, Page, lock_account_list
+
+NOTIFICATIONS_LIST = "notification_service.notifications"
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,6 +33,7 @@ class Notification:
 async def store_notification(conn: AsyncConnection, event: PaymentEvent) -> None:
     """seed: PaymentEventListener. Insert first; the unique constraints drop a duplicate."""
     message = render(event)
+    await lock_account_list(conn, NOTIFICATIONS_LIST, event.account_id)  # its place in the account's list
     await conn.execute(
         pg_insert(notifications)
         .values(
@@ -45,18 +49,21 @@ async def store_notification(conn: AsyncConnection, event: PaymentEvent) -> None
     )
 
 
-async def list_notifications(conn: AsyncConnection, account_id: UUID) -> list[Notification]:
-    rows = await conn.execute(
-        select(
-            notifications.c.id,
-            notifications.c.account_id,
-            notifications.c.order_number,
-            notifications.c.notification_type,
-            notifications.c.title,
-            notifications.c.body,
-            notifications.c.created_at,
-        )
-        .where(notifications.c.account_id == account_id)
-        .order_by(notifications.c.seq)
-    )
-    return [Notification(*row) for row in rows]
+async def list_notifications(
+    conn: AsyncConnection, account_id: UUID, *, limit: int = DEFAULT_LIMIT, after: int | None = None
+) -> Page[Notification]:
+    """The account's notifications after position `after`, oldest first, on (account_id, seq)."""
+    query = select(
+        notifications.c.seq,
+        notifications.c.id,
+        notifications.c.account_id,
+        notifications.c.order_number,
+        notifications.c.notification_type,
+        notifications.c.title,
+        notifications.c.body,
+        notifications.c.created_at,
+    ).where(notifications.c.account_id == account_id)
+    if after is not None:
+        query = query.where(notifications.c.seq > after)
+    rows = await conn.execute(query.order_by(notifications.c.seq).limit(limit + 1))
+    return Page.of([(seq, Notification(*rest)) for seq, *rest in rows], limit)

@@ -12,6 +12,7 @@ from pydantic import Field
 from orbilnot.order import handlers
 from orbilnot.order.domain import OrderStatus
 from orbilnot.shared.money import Money, PositiveMoney
+from orbilnot.shared.pagination import PageQuery
 from orbilnot.shared.schemas import ApiModel
 from orbilnot.shared.service import KernelDep
 
@@ -44,11 +45,25 @@ class OrderResponse(ApiModel):
     updated_at: datetime
 
 
-@router.post("", summary="Place an order; answers its id", responses={409: {"description": "Key reused"}})
+IDEMPOTENCY_KEY_DOC = (
+    "Makes a retry safe: 1-200 printable ASCII characters (0x20-0x7E), else 422. Scoped to the "
+    "account: a repeat with the same account, key and body answers the first order's id and "
+    "creates nothing; the same key with another body is a 409; another account's key never matches."
+)
+
+
+@router.post(
+    "",
+    summary="Place an order; answers its id",
+    responses={409: {"description": "This account used the Idempotency-Key for another request"}},
+)
 async def place_order(
     body: PlaceOrderRequest,
     kernel: KernelDep,
-    idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
+    # An empty key was stored like any other, and every later empty key got that order back.
+    idempotency_key: Annotated[
+        str | None, Header(min_length=1, max_length=200, pattern=r"^[\x20-\x7e]+$", description=IDEMPOTENCY_KEY_DOC)
+    ] = None,
 ) -> UUID:
     async with kernel.engine.begin() as conn:
         order_id = await handlers.place_order(conn, body.account_id, body.amount, idempotency_key)
@@ -56,10 +71,11 @@ async def place_order(
     return order_id
 
 
-@router.get("/{account_id}", summary="An account's orders, oldest first")
-async def list_orders(account_id: UUID, kernel: KernelDep) -> list[OrderResponse]:
+@router.get("/{account_id}", summary="An account's orders, oldest first, a page at a time")
+async def list_orders(account_id: UUID, kernel: KernelDep, page: PageQuery) -> list[OrderResponse]:
     async with kernel.engine.connect() as conn:
-        return [OrderResponse.model_validate(order) for order in await handlers.list_orders(conn, account_id)]
+        found = await handlers.list_orders(conn, account_id, limit=page.limit, after=page.after)
+    return [OrderResponse.model_validate(order) for order in page.answer(found)]
 
 
 @router.get("/{account_id}/{order_id}", summary="One order", responses={404: {}})

@@ -22,6 +22,7 @@ from orbilnot.order import domain
 from orbilnot.order.domain import OrderStatus, Withdrawal
 from orbilnot.order.tables import orders, processed_events
 from orbilnot.shared.errors import Conflict, NotFound
+from orbilnot.shared.pagination import DEFAULT_LIMIT, Page, lock_account_list
 from orbilnot.shared.relay import OutgoingMessage
 
 log = logging.getLogger(__name__)
@@ -53,11 +54,13 @@ async def place_order(
 ) -> UUID:
     """Commit a NEW order that owes `order.event` its CREATED event.
 
-    With an idempotency key, a repeat of the same request returns the first order's id; the
-    unique index on the key settles a race between two identical requests.
+    With an idempotency key, a repeat of the same request from the same account returns the
+    first order's id; the unique index on (account, key) settles a race between two identical
+    requests. Keys of different accounts never meet.
     """
     order_id = uuid.uuid4()
     fingerprint = _fingerprint(account_id, amount) if idempotency_key else None
+    await lock_account_list(conn, ORDERS_LIST, account_id)  # its place in the account's list
     inserted = await conn.scalar(
         pg_insert(orders)
         .values(
@@ -71,14 +74,19 @@ async def place_order(
             idempotency_key=idempotency_key,
             request_fingerprint=fingerprint,
         )
-        .on_conflict_do_nothing(index_elements=[orders.c.idempotency_key])
+        .on_conflict_do_nothing(
+            index_elements=[orders.c.account_id, orders.c.idempotency_key],
+            index_where=orders.c.idempotency_key.is_not(None),
+        )
         .returning(orders.c.id)
     )
     if inserted is not None:
         return order_id
     first = (
         await conn.execute(
-            select(orders.c.id, orders.c.request_fingerprint).where(orders.c.idempotency_key == idempotency_key)
+            select(orders.c.id, orders.c.request_fingerprint).where(
+                orders.c.account_id == account_id, orders.c.idempotency_key == idempotency_key
+            )
         )
     ).one()
     if first.request_fingerprint != fingerprint:
@@ -86,9 +94,18 @@ async def place_order(
     return UUID(str(first.id))
 
 
-async def list_orders(conn: AsyncConnection, account_id: UUID) -> list[Order]:
-    rows = await conn.execute(select(orders).where(orders.c.account_id == account_id).order_by(orders.c.seq))
-    return [Order.of(row) for row in rows]
+ORDERS_LIST = "order_service.orders"
+
+
+async def list_orders(
+    conn: AsyncConnection, account_id: UUID, *, limit: int = DEFAULT_LIMIT, after: int | None = None
+) -> Page[Order]:
+    """The account's orders after position `after`, oldest first, on the (account_id, seq) index."""
+    query = select(orders).where(orders.c.account_id == account_id)
+    if after is not None:
+        query = query.where(orders.c.seq > after)
+    rows = await conn.execute(query.order_by(orders.c.seq).limit(limit + 1))
+    return Page.of([(row.seq, Order.of(row)) for row in rows], limit)
 
 
 async def get_order(conn: AsyncConnection, account_id: UUID, order_id: UUID) -> Order:

@@ -1,6 +1,6 @@
 """Order's tables, all in the `order_service` schema (the migrations create them)."""
 
-from sqlalchemy import BigInteger, Column, DateTime, Identity, MetaData, Numeric, Table, Text, Uuid, func
+from sqlalchemy import BigInteger, Column, DateTime, Identity, Index, MetaData, Numeric, Table, Text, Uuid, func, text
 
 SCHEMA = "order_service"
 metadata = MetaData(schema=SCHEMA)
@@ -20,10 +20,18 @@ orders = Table(
     Column("status", Text, nullable=False),
     Column("pending_event_type", Text),
     Column("pending_event_id", Uuid, unique=True),
-    Column("idempotency_key", Text, unique=True),
+    Column("idempotency_key", Text),
     Column("request_fingerprint", Text),
     Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
     Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    # An Idempotency-Key is the client's name for one request of one account (migration 0004).
+    Index(
+        "idempotency_key_per_account",
+        "account_id",
+        "idempotency_key",
+        unique=True,
+        postgresql_where=text("idempotency_key IS NOT NULL"),
+    ),
 )
 
 # The inbox of payment events: the event id is inserted first, so a redelivery is dropped by

@@ -1,0 +1,104 @@
+"""Keyset pages and a writer that commits out of order (issue 8).
+
+A page ends at the last row it shows, and the next page starts after it. If a row numbered before
+that end could still commit afterwards, the next page would never show it. These tests hold one
+writer's transaction open while a second writer of the same account commits and a reader takes
+the first page: the held row must still come, exactly once, on a later page.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from orbilnot.model import PaymentEvent, PaymentEventType, order_number_of
+from orbilnot.notification.handlers import list_notifications, store_notification
+from orbilnot.order.handlers import list_orders, place_order
+from orbilnot.shared.pagination import Page
+from support import eventually
+
+
+async def _blocked_or_done(engine: AsyncEngine, task: asyncio.Task[Any]) -> bool:
+    """The second writer either committed, or waits for a lock the first one holds."""
+    if task.done():
+        return True
+    async with engine.connect() as conn:
+        waiting = await conn.scalar(
+            text(
+                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND datname = current_database()"
+            )
+        )
+    return bool(waiting)
+
+
+async def _check_out_of_order_commit(
+    engine: AsyncEngine,
+    write: Callable[[AsyncConnection], Awaitable[Any]],
+    read: Callable[[AsyncConnection, int | None], Awaitable[Page[Any]]],
+    key: Callable[[Any], Any],
+) -> None:
+    async with engine.begin() as conn:
+        await write(conn)
+    held = await engine.connect()
+    await held.begin()
+    try:
+        await write(held)  # numbered before the next writer's row, committed after it
+
+        async def second_writer() -> None:
+            async with engine.begin() as conn:
+                await write(conn)
+
+        second = asyncio.create_task(second_writer())
+        await eventually(lambda: _blocked_or_done(engine, second), bool, what="second writer committed or waiting")
+        async with engine.connect() as conn:
+            first_page = await read(conn, None)
+        await held.commit()
+    finally:
+        await held.close()
+    await second
+    # A client polling for what came since resumes after the last row it was shown.
+    async with engine.connect() as conn:
+        rest = await read(conn, first_page.after)
+    seen = [key(item) for item in (*first_page.items, *rest.items)]
+    assert len(seen) == len(set(seen)), f"repeated: {seen}"
+    assert len(seen) == 3, f"skipped: only {seen}"
+
+
+async def test_an_order_committed_late_is_on_a_later_page(engine: AsyncEngine) -> None:
+    account = uuid.uuid4()
+
+    async def write(conn: AsyncConnection) -> None:
+        await place_order(conn, account, Decimal(1))
+
+    async def read(conn: AsyncConnection, after: int | None) -> Page[Any]:
+        return await list_orders(conn, account, limit=2, after=after)
+
+    await _check_out_of_order_commit(engine, write, read, key=lambda order: order.id)
+
+
+async def test_a_notification_committed_late_is_on_a_later_page(engine: AsyncEngine) -> None:
+    account = uuid.uuid4()
+
+    async def write(conn: AsyncConnection) -> None:
+        event = PaymentEvent(
+            event_id=uuid.uuid4(),
+            payment_event_type=PaymentEventType.PAYMENT_CONFIRMED,
+            account_id=account,
+            order_number=order_number_of(account, uuid.uuid4()),
+            amount=Decimal(1),
+            description="",
+            occurred_at=datetime.now(UTC),
+        )
+        await store_notification(conn, event)
+
+    async def read(conn: AsyncConnection, after: int | None) -> Page[Any]:
+        return await list_notifications(conn, account, limit=2, after=after)
+
+    await _check_out_of_order_commit(engine, write, read, key=lambda notice: notice.id)
