@@ -168,10 +168,12 @@ def main() -> None:
     try:
         postgres.start()
         kafka.start()
-        asyncio.run(migrate(postgres.url))
+        asyncio.run(migrate(postgres.url, postgres.service_passwords))
         env = {
             **dict(__import__("os").environ),
             "DATABASE_URL": postgres.url,
+            # Each service as its own role, as `orbilnot up` runs them.
+            **{f"{s.upper()}_DATABASE_URL": postgres.service_url(s) for s in ("billing", "order", "notification")},
             "KAFKA_BOOTSTRAP_SERVERS": kafka.bootstrap_servers,
             "LOG_LEVEL": "WARNING",
         }

@@ -22,10 +22,12 @@ import asyncpg
 import httpx
 from aiokafka import AIOKafkaConsumer
 from aiokafka.structs import ConsumerRecord
+from sqlalchemy.engine import make_url
 
 from orbilnot.infra import free_ports
 from orbilnot.infra.kafka import LocalKafka
 from orbilnot.infra.postgres import LocalPostgres
+from orbilnot.migrations.roles import SERVICE_SCHEMAS, role_of
 from orbilnot.migrations.runner import migrate
 
 T = TypeVar("T")
@@ -64,6 +66,8 @@ def started_infra(prefix: str, kafka_lib_dir: Path) -> Iterator[RunningInfra]:
     try:
         for start in starts:
             start.result()
+        # The services' roles belong to the server: set up once, granted in every test database.
+        asyncio.run(migrate(running.database_url, running.postgres.service_passwords))
         yield running
     finally:
         # Interrupted during set-up, a start may still be under way: let it finish first, or the
@@ -185,12 +189,20 @@ class Stack:
             print(f"--- {log.name}\n" + "\n".join(tail))
 
 
+def service_database_url(infra: RunningInfra, database_url: str, service: str) -> str:
+    """`database_url`'s database, as `service`'s own role (SPEC §9: least privilege)."""
+    url = make_url(database_url).set(username=role_of(service), password=infra.postgres.passwords[service])
+    return url.render_as_string(hide_password=False)
+
+
 def stack_env(infra: RunningInfra, database_url: str, topic_prefix: str, **extra: str) -> dict[str, str]:
-    """The environment of a test stack: its own database and topics on the session's servers."""
+    """The environment of a test stack: its own database and topics on the session's servers;
+    each service connects as its own role, as everywhere else."""
     run = uuid.uuid4().hex[:8]
     return {
         **os.environ,
         "DATABASE_URL": database_url,
+        **{f"{s.upper()}_DATABASE_URL": service_database_url(infra, database_url, s) for s in SERVICE_SCHEMAS},
         "KAFKA_BOOTSTRAP_SERVERS": infra.kafka_bootstrap_servers,
         "ORDER_EVENT_TOPIC": f"{topic_prefix}-{run}.order.event",
         "PAYMENT_EVENT_TOPIC": f"{topic_prefix}-{run}.payment.event",

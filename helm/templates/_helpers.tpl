@@ -97,6 +97,21 @@ release's Secret (so upgrades keep it), else a new random one. `lookup` returns 
 {{- end -}}
 {{- end -}}
 
+{{/*
+The password of one service's own database role (SPEC §9), key "<service>-password" of the same
+Secret: generated on install and kept on upgrades like the owner's; never a value.
+(dict "root" $ "service" "billing")
+*/}}
+{{- define "orbilnot.postgresql.servicePassword" -}}
+{{- $key := printf "%s-password" .service -}}
+{{- $secret := lookup "v1" "Secret" .root.Release.Namespace (include "orbilnot.postgresql.secretName" .root) -}}
+{{- if and $secret $secret.data (index $secret.data $key) -}}
+{{- index $secret.data $key | b64dec -}}
+{{- else -}}
+{{- randAlphaNum 32 -}}
+{{- end -}}
+{{- end -}}
+
 {{/* ------------------------------------------------------ Kafka: bundled or external */}}
 
 {{- define "orbilnot.kafka.bootstrapServers" -}}
@@ -131,9 +146,10 @@ release's Secret (so upgrades keep it), else a new random one. `lookup` returns 
 {{/* ------------------------------------------------------- pieces of the app pods */}}
 
 {{/*
-DATABASE_URL, composed from the ConfigMap (DATABASE_USER, _HOST, _PORT, _NAME, via envFrom)
-and the password from the Secret, with Kubernetes' $(VAR) expansion: the app reads only
-DATABASE_URL, and the password never lands in a ConfigMap.
+The migration's DATABASE_URL: the owner role, composed from the ConfigMap (DATABASE_USER, _HOST,
+_PORT, _NAME, via envFrom) and the password from the Secret, with Kubernetes' $(VAR) expansion:
+the app reads only DATABASE_URL, and the password never lands in a ConfigMap. With it, the
+services' passwords (BILLING_DB_PASSWORD, …), which `orbilnot migrate` sets on their roles.
 */}}
 {{- define "orbilnot.databaseEnv" -}}
 - name: DATABASE_PASSWORD
@@ -141,12 +157,35 @@ DATABASE_URL, and the password never lands in a ConfigMap.
     secretKeyRef:
       name: {{ include "orbilnot.postgresql.secretName" . }}
       key: {{ include "orbilnot.postgresql.secretKey" . }}
-{{- $query := "" }}
-{{- if and (not .Values.postgresql.enabled) .Values.externalDatabase.query }}
-{{- $query = printf "?%s" .Values.externalDatabase.query }}
-{{- end }}
 - name: DATABASE_URL
-  value: "postgresql://$(DATABASE_USER):$(DATABASE_PASSWORD)@$(DATABASE_HOST):$(DATABASE_PORT)/$(DATABASE_NAME){{ $query }}"
+  value: "postgresql://$(DATABASE_USER):$(DATABASE_PASSWORD)@$(DATABASE_HOST):$(DATABASE_PORT)/$(DATABASE_NAME){{ include "orbilnot.databaseQuery" . }}"
+{{- range $service := list "billing" "order" "notification" }}
+- name: {{ printf "%s_DB_PASSWORD" (upper $service) }}
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "orbilnot.postgresql.secretName" $ }}
+      key: {{ $service }}-password
+{{- end }}
+{{- end -}}
+
+{{/*
+A service's DATABASE_URL: its own role (orbilnot_<service>, rights on its own schema only) and
+its own password from the Secret (key "<service>-password"). (dict "root" $ "service" "billing")
+*/}}
+{{- define "orbilnot.serviceDatabaseEnv" -}}
+- name: DATABASE_PASSWORD
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "orbilnot.postgresql.secretName" .root }}
+      key: {{ .service }}-password
+- name: DATABASE_URL
+  value: "postgresql://orbilnot_{{ .service }}:$(DATABASE_PASSWORD)@$(DATABASE_HOST):$(DATABASE_PORT)/$(DATABASE_NAME){{ include "orbilnot.databaseQuery" .root }}"
+{{- end -}}
+
+{{- define "orbilnot.databaseQuery" -}}
+{{- if and (not .Values.postgresql.enabled) .Values.externalDatabase.query -}}
+{{- printf "?%s" .Values.externalDatabase.query -}}
+{{- end -}}
 {{- end -}}
 
 {{/* envFrom of every container that talks to PostgreSQL and Kafka. */}}
@@ -172,18 +211,19 @@ capabilities:
   drop: [ALL]
 {{- end -}}
 
-{{/* The initContainer that holds a service pod until the migration Job has run. */}}
+{{/* The initContainer that holds a service pod until the migration Job has run; it connects as
+the service itself. (dict "root" $ "service" "billing") */}}
 {{- define "orbilnot.waitForMigrations" -}}
 - name: wait-for-migrations
-  image: {{ include "orbilnot.image" . }}
-  imagePullPolicy: {{ .Values.image.pullPolicy }}
-  command: ["orbilnot", "migrate", "--wait", "--timeout", {{ .Values.migrations.waitTimeoutSeconds | quote }}]
+  image: {{ include "orbilnot.image" .root }}
+  imagePullPolicy: {{ .root.Values.image.pullPolicy }}
+  command: ["orbilnot", "migrate", "--wait", "--timeout", {{ .root.Values.migrations.waitTimeoutSeconds | quote }}]
   envFrom:
-    {{- include "orbilnot.serviceEnvFrom" . | nindent 4 }}
+    {{- include "orbilnot.serviceEnvFrom" .root | nindent 4 }}
   env:
-    {{- include "orbilnot.databaseEnv" . | nindent 4 }}
+    {{- include "orbilnot.serviceDatabaseEnv" . | nindent 4 }}
   resources:
-    {{- toYaml .Values.migrations.resources | nindent 4 }}
+    {{- toYaml .root.Values.migrations.resources | nindent 4 }}
   securityContext:
     {{- include "orbilnot.containerSecurityContext" . | nindent 4 }}
   volumeMounts:

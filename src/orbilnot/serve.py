@@ -23,7 +23,7 @@ def _app_factory(service: str) -> Callable[[], ASGIApp]:
 
         gateway_settings = GatewaySettings()  # read from the environment
         return lambda: create_gateway(gateway_settings)
-    settings = ServiceSettings()  # read from the environment
+    settings = ServiceSettings.of(service)  # read from the environment
     if service == "billing":
         from orbilnot.billing.app import create_app
     elif service == "order":

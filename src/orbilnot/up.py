@@ -83,7 +83,9 @@ def up() -> int:
         print("starting PostgreSQL and Kafka …", flush=True)
         started = infra.up()
         env = {**os.environ, **infra.env(), "LOG_FORMAT": os.environ.get("LOG_FORMAT", "text")}
-        asyncio.run(migrate(env["DATABASE_URL"]))
+        # As the owner; this also sets up the services' roles, which the services then connect as
+        # (each reads its own <SERVICE>_DATABASE_URL from infra.env()).
+        asyncio.run(migrate(env["DATABASE_URL"], infra.postgres.service_passwords))
         urls = {service: f"http://127.0.0.1:{_port(service)}" for service in (*SERVICES, "gateway")}
         for service in SERVICES:
             processes.append(spawn(service, _port(service), env))
@@ -95,7 +97,7 @@ def up() -> int:
         print("\norbilnot is up:")
         for service, url in urls.items():
             print(f"  {service:<13} {url}")
-        print(f"  {'postgres':<13} {infra.postgres.url}\n  {'kafka':<13} {infra.kafka.bootstrap_servers}")
+        print(f"  {'postgres':<13} {infra.postgres.display_url}\n  {'kafka':<13} {infra.kafka.bootstrap_servers}")
         print(f"\ntry: orbilnot demo --gateway {urls['gateway']}   (Ctrl-C stops everything)", flush=True)
         while all(process.poll() is None for process in processes):
             time.sleep(0.5)

@@ -12,6 +12,7 @@ import yaml
 from deploy_support import REPO, parse_addresses, parse_cli
 
 from orbilnot.cli import DEFAULT_PORTS, SERVICES
+from orbilnot.migrations.roles import SERVICE_SCHEMAS, password_variable, role_of
 
 COMPOSE_FILE = REPO / "compose.yaml"
 ORBILNOT_IMAGE_PREFIX = "orbilnot:"
@@ -170,12 +171,41 @@ def test_service_addresses_name_compose_services(compose: dict[str, Any]) -> Non
             url = urlsplit(env["DATABASE_URL"])
             assert url.scheme in ("postgresql", "postgres"), name
             assert (url.hostname, url.port) == (postgres, 5432), f"{name}: DATABASE_URL must name {postgres}"
-            assert url.username == pg_env["POSTGRES_USER"], name
-            assert url.password == pg_env["POSTGRES_PASSWORD"], name
             assert url.path.lstrip("/") == pg_env["POSTGRES_DB"], name
         if "KAFKA_BOOTSTRAP_SERVERS" in env:
             for address in parse_addresses(env["KAFKA_BOOTSTRAP_SERVERS"]):
                 assert address.host == kafka and address.port in kafka_ports, f"{name}: {address}"
+
+
+def test_each_service_connects_as_its_own_role_and_migrate_as_the_owner(compose: dict[str, Any]) -> None:
+    """SPEC §9: the migration runs as the owner (POSTGRES_USER) and is given the services'
+    passwords, which it sets on their roles; each service's DATABASE_URL names its own role with
+    that same password; the gateway has no database at all."""
+    all_services = services(compose)
+    postgres = next(n for n, s in all_services.items() if str(s.get("image", "")).startswith("postgres:"))
+    pg_env = environment(all_services[postgres])
+    app = orbilnot_services(compose)
+    migrate = next(svc for svc in app.values() if parse_cli(svc["command"]).command == "migrate")
+    migrate_env = environment(migrate)
+    owner = urlsplit(migrate_env["DATABASE_URL"])
+    assert (owner.username, owner.password) == (pg_env["POSTGRES_USER"], pg_env["POSTGRES_PASSWORD"])
+    served = set()
+    for name, service in app.items():
+        args = parse_cli(service["command"])
+        env = environment(service)
+        if args.command != "serve":
+            continue
+        if args.service == "gateway":
+            assert not any("DATABASE" in key or "PASSWORD" in key for key in env), name
+            continue
+        served.add(args.service)
+        url = urlsplit(env["DATABASE_URL"])
+        assert url.username == role_of(args.service), f"{name} must connect as {role_of(args.service)}"
+        assert url.password, f"{name}: no password"
+        assert url.password == migrate_env[password_variable(args.service)], f"{name}: not the password migrate sets"
+        assert url.password != pg_env["POSTGRES_PASSWORD"], name
+    assert served == set(SERVICE_SCHEMAS)
+    assert len({migrate_env[password_variable(s)] for s in SERVICE_SCHEMAS}) == 3, "one password per role"
 
 
 def test_gateway_upstreams_name_the_services(compose: dict[str, Any]) -> None:

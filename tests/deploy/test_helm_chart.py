@@ -33,6 +33,7 @@ from deploy_support import (
 )
 
 from orbilnot.cli import SERVICES
+from orbilnot.migrations.roles import SERVICE_SCHEMAS, password_variable, role_of
 
 APP_SERVICES = ("billing", "order", "notification")
 
@@ -303,7 +304,8 @@ def test_env_references_resolve(rendered: Rendered) -> None:
             else:
                 external = values["externalDatabase"]
                 assert not values["postgresql"]["enabled"], f"{where}: Secret {secret_name} is not rendered"
-                assert (secret_name, key) == (external["existingSecret"], external["existingSecretPasswordKey"])
+                assert secret_name == external["existingSecret"], where
+                assert key in {external["existingSecretPasswordKey"], *SERVICE_PASSWORD_KEYS.values()}, where
 
 
 def test_env_addresses_name_rendered_services_or_external_values(rendered: Rendered) -> None:
@@ -344,20 +346,67 @@ def test_env_addresses_name_rendered_services_or_external_values(rendered: Rende
     assert checked == expected, f"address variables found: {sorted(checked)}"
 
 
+SERVICE_PASSWORD_KEYS = {service: f"{service}-password" for service in SERVICE_SCHEMAS}
+
+
 def test_database_url_credentials_come_from_the_secret(rendered: Rendered) -> None:
+    """SPEC §9: the migration Job connects as the owner and is given every service's password
+    (which `orbilnot migrate` sets on the service roles); each service pod, its wait included,
+    connects as its own role with that same password; every password comes from the Secret."""
     values = rendered.mode.values()
+    db = values["postgresql"] if values["postgresql"]["enabled"] else values["externalDatabase"]
+    owner_key = "password" if values["postgresql"]["enabled"] else db["existingSecretPasswordKey"]
+    roles_seen = set()
     for workload, container in all_containers(rendered):
         env = resolve_env(rendered, container)
         if "DATABASE_URL" not in env.values:
             continue
+        where = f"{workload['metadata']['name']}/{container['name']}"
         url = env.values["DATABASE_URL"]
         assert url.startswith("postgresql://"), url
         credentials = url.removeprefix("postgresql://").split("@")[0]
         user, _, password = credentials.partition(":")
-        assert password in env.secrets, f"{workload['metadata']['name']}: password is not from a Secret: {url}"
-        db = values["postgresql"] if values["postgresql"]["enabled"] else values["externalDatabase"]
-        assert user == db["username"]
+        assert password in env.secrets, f"{where}: password is not from a Secret: {url}"
         assert url.split("/")[-1].split("?")[0] == db["database"]
+        role = workload_role(workload)
+        if role == "migrate":
+            assert user == db["username"], f"{where}: migrations run as the owner"
+            assert env.secrets[password][1] == owner_key, where
+            for service, key in SERVICE_PASSWORD_KEYS.items():
+                given = env.values[password_variable(service)]
+                assert env.secrets[given] == (env.secrets[password][0], key), f"{where}: {service}'s password"
+        else:
+            assert role in SERVICE_SCHEMAS, f"{where} uses the database"
+            assert user == role_of(role), f"{where} must connect as {role_of(role)}, not {user}"
+            assert env.secrets[password][1] == SERVICE_PASSWORD_KEYS[role], where
+            assert not any(name.endswith("_DB_PASSWORD") for name in env.values), f"{where} sees other passwords"
+        roles_seen.add(user)
+    assert roles_seen == {db["username"], *(role_of(s) for s in SERVICE_SCHEMAS)}
+
+
+def test_service_passwords_are_generated_distinct_and_never_values(render: Callable[[Mode], Rendered]) -> None:
+    rendered = render(DEFAULT)
+    (secret,) = [s for s in rendered.of_kind("Secret") if "password" in s.get("data", {})]
+    passwords = {
+        key: base64.b64decode(secret["data"][key]).decode() for key in ("password", *SERVICE_PASSWORD_KEYS.values())
+    }
+    assert len(set(passwords.values())) == len(passwords), "one password per role"
+    for key, password in passwords.items():
+        assert len(password) >= 16 and password.isalnum(), f"{key}: a generated password, safe inside DATABASE_URL"
+
+    def password_values(node: object, path: str = "") -> dict[str, object]:
+        if not isinstance(node, dict):
+            return {}
+        found: dict[str, object] = {}
+        for key, value in node.items():
+            where = f"{path}.{key}".lstrip(".")
+            if "password" in key.lower() and not key.endswith("Key"):
+                found[where] = value
+            found.update(password_values(value, where))
+        return found
+
+    defaults = yaml.safe_load((CHART / "values.yaml").read_text())
+    assert password_values(defaults) == {"postgresql.password": ""}, "no password is a default value"
 
 
 def test_gateway_settings_reach_the_gateway(render: Callable[[Mode], Rendered]) -> None:

@@ -20,6 +20,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from orbilnot.infra import free_ports, process_cmdline
 from orbilnot.infra.local import LocalInfra, infra_command
+from orbilnot.migrations.runner import migrate_command
 
 if TYPE_CHECKING:
     from support import RunningInfra
@@ -141,6 +142,12 @@ async def test_infra_command(local: LocalInfra, capsys: pytest.CaptureFixture[st
     exported = dict(shlex.split(line)[1].split("=", 1) for line in capsys.readouterr().out.splitlines())
     assert exported == local.env()
     assert exported["DATABASE_URL"] == local.postgres.url
+    # What each process needs: the owner for `migrate` (and the passwords it sets), and each
+    # service its own role.
+    for service in ("billing", "order", "notification"):
+        assert exported[f"{service.upper()}_DATABASE_URL"] == local.postgres.service_url(service)
+        assert exported[f"{service.upper()}_DB_PASSWORD"] == local.postgres.passwords[service]
+        assert exported[f"{service.upper()}_DATABASE_URL"].startswith(f"postgresql+asyncpg://orbilnot_{service}:")
     assert await asyncio.to_thread(infra_command, "status") == 0
 
     await asyncio.to_thread(infra_command, "down")
@@ -192,6 +199,47 @@ async def test_data_survives_a_restart(local: LocalInfra) -> None:
     await asyncio.to_thread(local.down)
     assert await asyncio.to_thread(local.up) == ["postgres", "kafka"]
 
+    await assert_marks_survived(local, mark, topic)
+
+
+async def test_migrate_sets_up_the_service_roles_it_is_given(
+    local: LocalInfra, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The contract of compose and the chart: `orbilnot migrate` as the owner, with a service's
+    password in BILLING_DB_PASSWORD, creates (or updates) that service's role, then grants it."""
+    await asyncio.to_thread(local.up)
+    monkeypatch.setenv("DATABASE_URL", local.postgres.url)
+    for password in ("first-" + uuid.uuid4().hex, "changed-" + uuid.uuid4().hex):
+        monkeypatch.setenv("BILLING_DB_PASSWORD", password)
+        assert await asyncio.to_thread(migrate_command, wait=False, timeout_s=30) == 0
+        connection = await asyncpg.connect(
+            host="127.0.0.1", port=local.postgres.port, user="orbilnot_billing", database="orbilnot", password=password
+        )
+        try:
+            assert await connection.fetchval("SELECT count(*) FROM billing.accounts") >= 0
+            with pytest.raises(asyncpg.InsufficientPrivilegeError):
+                await connection.fetchval("SELECT count(*) FROM order_service.orders")
+        finally:
+            await connection.close()
+
+
+async def test_a_cluster_that_trusted_everyone_wants_passwords_after_up(local: LocalInfra) -> None:
+    """A `.orbilnot/` made before passwords were required (initdb --auth=trust) keeps its data and
+    asks for a password from the next `up` on."""
+    await asyncio.to_thread(local.up)
+    mark, topic = await write_marks(local)
+    await asyncio.to_thread(local.down)
+    hba = local.postgres.pgdata / "pg_hba.conf"
+    hba.write_text("local all all trust\nhost all all 127.0.0.1/32 trust\n")
+    password = local.postgres.passwords_file.read_text()
+
+    assert "postgres" in await asyncio.to_thread(local.up)
+
+    assert local.postgres.passwords_file.read_text() == password, "generated once, kept"
+    with pytest.raises(asyncpg.InvalidPasswordError):
+        await asyncpg.connect(
+            host="127.0.0.1", port=local.postgres.port, user="orbilnot", database="orbilnot", password="x"
+        )
     await assert_marks_survived(local, mark, topic)
 
 

@@ -15,6 +15,7 @@ from typing import TypeVar
 
 from orbilnot.infra.kafka import LocalKafka
 from orbilnot.infra.postgres import LocalPostgres
+from orbilnot.migrations.roles import SERVICE_SCHEMAS, password_variable
 
 DEFAULT_ROOT = Path(".orbilnot")
 DEFAULT_PG_PORT = 55432
@@ -63,8 +64,24 @@ class LocalInfra:
         return {"postgres": self.postgres.is_running(), "kafka": self.kafka.is_running()}
 
     def env(self) -> dict[str, str]:
-        """The environment that points the services at this infrastructure (SPEC §7)."""
-        return {"DATABASE_URL": self.postgres.url, "KAFKA_BOOTSTRAP_SERVERS": self.kafka.bootstrap_servers}
+        """The environment that points every process at this infrastructure (SPEC §7).
+
+        `DATABASE_URL` is the owner's, for `orbilnot migrate`, which also reads the services'
+        passwords (`BILLING_DB_PASSWORD`, …) to set their roles up. A service reads its own
+        `<SERVICE>_DATABASE_URL` (`BILLING_DATABASE_URL`, …) before `DATABASE_URL`, so one
+        environment serves every process and each service connects as its own role."""
+        env = {"DATABASE_URL": self.postgres.url}
+        for service in SERVICE_SCHEMAS:
+            env[password_variable(service)] = self.postgres.passwords[service]
+        for service in SERVICE_SCHEMAS:
+            env[own_database_url_variable(service)] = self.postgres.service_url(service)
+        env["KAFKA_BOOTSTRAP_SERVERS"] = self.kafka.bootstrap_servers
+        return env
+
+
+def own_database_url_variable(service: str) -> str:
+    """The variable a service reads its database URL from before `DATABASE_URL`."""
+    return f"{service.upper()}_DATABASE_URL"
 
 
 def _both(first: Callable[[], _T], second: Callable[[], _T]) -> tuple[_T, _T]:
@@ -79,7 +96,7 @@ def infra_command(action: str) -> int:
     """`orbilnot infra up|down|status|env`; returns the exit status."""
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     infra = LocalInfra()
-    addresses = {"postgres": infra.postgres.url, "kafka": infra.kafka.bootstrap_servers}
+    addresses = {"postgres": infra.postgres.display_url, "kafka": infra.kafka.bootstrap_servers}
     if action == "up":
         try:
             started = infra.up()

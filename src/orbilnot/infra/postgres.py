@@ -2,17 +2,21 @@
 and tests.
 
 Layout of `data_dir`: `data/` (the cluster, PGDATA; its server log is in `data/log/`),
-`postgres.out` (what the server prints before its logging collector takes over), the unix socket
-and `lock`. `initdb` and `postgres` refuse to run as root, so when we are root the server
+`postgres.out` (what the server prints before its logging collector takes over), the unix socket,
+`lock` and `passwords.json` (mode 0600: the owner role's password and each service role's,
+generated once). The server asks every client for a password (scram-sha-256), over TCP and the
+unix socket alike. `initdb` and `postgres` refuse to run as root, so when we are root the server
 binaries run as the `postgres` system user, which then owns `data_dir`.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import pwd
 import re
+import secrets
 import shutil
 import stat
 import subprocess
@@ -20,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from orbilnot.infra import file_lock, process_cmdline, read_pid
+from orbilnot.migrations.roles import SERVICE_SCHEMAS, role_of, scram_verifier
 
 log = logging.getLogger(__name__)
 
@@ -46,8 +51,18 @@ def find_pg_bin() -> Path:
     )
 
 
+# Every connection authenticates with a password, whatever its user or database.
+HBA = """# Written by orbilnot on every start: a password for everyone (scram-sha-256).
+# TYPE  DATABASE  USER  ADDRESS       METHOD
+local   all       all                 scram-sha-256
+host    all       all   127.0.0.1/32  scram-sha-256
+host    all       all   ::1/128       scram-sha-256
+"""
+
+
 class LocalPostgres:
-    """One PostgreSQL cluster listening on 127.0.0.1:`port`, with trust authentication for `user`."""
+    """One PostgreSQL cluster listening on 127.0.0.1:`port`. `user` is its superuser, the owner
+    of the schemas (migrations run as it); each service has a login role of its own (`roles`)."""
 
     def __init__(self, data_dir: Path, port: int, user: str = "orbilnot", database: str = "orbilnot") -> None:
         self.data_dir = data_dir.resolve()
@@ -57,8 +72,48 @@ class LocalPostgres:
         self.pgdata = self.data_dir / "data"
 
     @property
+    def passwords_file(self) -> Path:
+        return self.data_dir / "passwords.json"
+
+    @property
+    def passwords(self) -> dict[str, str]:
+        """The owner's password (key: `user`) and each service's (key: the service), generated
+        once, on first use, and kept with mode 0600."""
+        try:
+            stored: dict[str, str] = json.loads(self.passwords_file.read_text())
+            return stored
+        except FileNotFoundError:
+            pass
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        # URL-safe, so they go into a DATABASE_URL as they are.
+        generated = {name: secrets.token_urlsafe(24) for name in (self.user, *SERVICE_SCHEMAS)}
+        try:
+            descriptor = os.open(self.passwords_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:  # another process was first: use its passwords
+            return self.passwords
+        with os.fdopen(descriptor, "w") as handle:
+            json.dump(generated, handle)
+        return generated
+
+    @property
+    def service_passwords(self) -> dict[str, str]:
+        """What `orbilnot migrate` sets as the service roles' passwords, by service."""
+        return {service: self.passwords[service] for service in SERVICE_SCHEMAS}
+
+    @property
     def url(self) -> str:
+        """The owner's URL: what `orbilnot migrate` uses (and tests, to create databases)."""
+        return f"postgresql+asyncpg://{self.user}:{self.passwords[self.user]}@127.0.0.1:{self.port}/{self.database}"
+
+    @property
+    def display_url(self) -> str:
+        """The owner's URL without its password, to print."""
         return f"postgresql+asyncpg://{self.user}@127.0.0.1:{self.port}/{self.database}"
+
+    def service_url(self, service: str) -> str:
+        """The URL a service connects with: its own role, its own password."""
+        password = self.passwords[service]
+        return f"postgresql+asyncpg://{role_of(service)}:{password}@127.0.0.1:{self.port}/{self.database}"
 
     @property
     def pid(self) -> int | None:
@@ -86,8 +141,13 @@ class LocalPostgres:
             if not (self.pgdata / "PG_VERSION").exists():
                 self._initdb()
             self._write_config()
+            trusting = self._trusts_clients()
+            if not trusting:
+                self._write_hba()
             log.info("PostgreSQL starting on 127.0.0.1:%d", self.port)
             self._pg_ctl("start", "-l", str(self.data_dir / "postgres.out"), timeout_s=timeout_s)
+            if trusting:
+                self._require_passwords()
             self._ensure_database()
         return True
 
@@ -169,9 +229,29 @@ class LocalPostgres:
 
     def _initdb(self) -> None:
         log.info("initialising a PostgreSQL cluster in %s", self.pgdata)
+        # initdb reads the superuser's password from a file the server user can read: one of its
+        # own, in the data directory, gone as soon as initdb is done.
+        password_file = self.data_dir / "initdb-password"
+        password_file.unlink(missing_ok=True)
+        descriptor = os.open(password_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(descriptor, "w") as handle:
+            handle.write(self.passwords[self.user] + "\n")
+        account = self._server_user()
+        if account is not None:
+            os.chown(password_file, account.pw_uid, account.pw_gid)
         # The C locale: byte-order collation, identical on every machine; text is still UTF-8.
-        options = ["-U", self.user, "--auth=trust", "--encoding=UTF8", "--locale=C"]
-        self._server_tool("initdb", "-D", str(self.pgdata), *options, what="initdb")
+        options = [
+            "-U",
+            self.user,
+            "--auth=scram-sha-256",
+            f"--pwfile={password_file}",
+            "--encoding=UTF8",
+            "--locale=C",
+        ]
+        try:
+            self._server_tool("initdb", "-D", str(self.pgdata), *options, what="initdb")
+        finally:
+            password_file.unlink(missing_ok=True)
         with (self.pgdata / "postgresql.conf").open("a") as conf:
             conf.write(
                 "\n# Settings for orbilnot's local server, rewritten on every start.\n"
@@ -197,6 +277,7 @@ class LocalPostgres:
             "log_rotation_size": "0",
             "log_line_prefix": "%m [%p] %q%u@%d ",
             "lc_messages": "C",
+            "password_encryption": "scram-sha-256",
         }
         text = "".join(f"{key} = '{value}'\n" for key, value in settings.items())
         config = self.pgdata / "orbilnot.conf"
@@ -205,19 +286,55 @@ class LocalPostgres:
         if account is not None:
             os.chown(config, account.pw_uid, account.pw_gid)
 
-    def _ensure_database(self) -> None:
-        # Client programs run fine as root; only the server refuses.
-        bin_dir = find_pg_bin()
-        server = ["-h", "127.0.0.1", "-p", str(self.port), "-U", self.user]
-        psql = [str(bin_dir / "psql"), *server, "-d", "postgres", "-X", "-q", "-At", "-v", f"db={self.database}"]
-        query = "SELECT 1 FROM pg_database WHERE datname = :'db';\n"
-        found = subprocess.run(psql, input=query, capture_output=True, text=True, check=False)
-        if found.returncode != 0:
-            raise RuntimeError(f"querying PostgreSQL failed:\n{found.stderr}")
-        if found.stdout.strip() == "1":
+    def _trusts_clients(self) -> bool:
+        """A cluster made before passwords were required (initdb --auth=trust) still lets anyone in."""
+        try:
+            rules = (self.pgdata / "pg_hba.conf").read_text()
+        except FileNotFoundError:
+            return False
+        return any(line.split()[-1:] == ["trust"] for line in rules.splitlines() if not line.lstrip().startswith("#"))
+
+    def _write_hba(self) -> None:
+        hba = self.pgdata / "pg_hba.conf"
+        if hba.exists() and hba.read_text() == HBA:
             return
-        createdb = [str(bin_dir / "createdb"), *server, self.database]
-        created = subprocess.run(createdb, capture_output=True, text=True, check=False)
+        hba.write_text(HBA)
+        account = self._server_user()
+        if account is not None:
+            os.chown(hba, account.pw_uid, account.pw_gid)
+
+    def _require_passwords(self) -> None:
+        """Give the owner its password while the old rules still let us in, then require one."""
+        log.info("PostgreSQL in %s trusted every local client: requiring passwords from now on", self.pgdata)
+        verifier = scram_verifier(self.passwords[self.user])
+        self._psql("postgres", f"ALTER ROLE {self.user} WITH PASSWORD '{verifier}';\n", what="setting the password")
+        self._write_hba()
+        self._pg_ctl("reload", timeout_s=30)
+
+    def _client_env(self) -> dict[str, str]:
+        return {**os.environ, "PGPASSWORD": self.passwords[self.user]}
+
+    def _psql(self, database: str, script: str, *, what: str, variables: dict[str, str] | None = None) -> str:
+        # Client programs run fine as root; only the server refuses.
+        command = [str(find_pg_bin() / "psql"), "-h", "127.0.0.1", "-p", str(self.port), "-U", self.user]
+        command += ["-d", database, "-X", "-q", "-At", "-v", "ON_ERROR_STOP=1"]
+        for name, value in (variables or {}).items():
+            command += ["-v", f"{name}={value}"]
+        done = subprocess.run(
+            command, input=script, capture_output=True, text=True, check=False, env=self._client_env()
+        )
+        if done.returncode != 0:
+            raise RuntimeError(f"{what} failed:\n{done.stderr}")
+        return done.stdout
+
+    def _ensure_database(self) -> None:
+        query = "SELECT 1 FROM pg_database WHERE datname = :'db';\n"
+        found = self._psql("postgres", query, what="querying PostgreSQL", variables={"db": self.database})
+        if found.strip() == "1":
+            return
+        server = ["-h", "127.0.0.1", "-p", str(self.port), "-U", self.user]
+        createdb = [str(find_pg_bin() / "createdb"), *server, self.database]
+        created = subprocess.run(createdb, capture_output=True, text=True, check=False, env=self._client_env())
         if created.returncode != 0:
             raise RuntimeError(f"createdb {self.database} failed:\n{created.stderr}")
 

@@ -12,6 +12,7 @@ import logging
 import os
 import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
 from alembic import command
@@ -22,6 +23,7 @@ from sqlalchemy import text
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncConnection, create_async_engine
 
+from orbilnot.migrations.roles import ensure_service_roles, grant_service_rights, service_passwords_from
 from orbilnot.shared.config import async_database_url
 
 log = logging.getLogger(__name__)
@@ -43,7 +45,7 @@ def _current_revision(connection: Connection) -> str | None:
     return MigrationContext.configure(connection).get_current_revision()
 
 
-async def _upgrade(conn: AsyncConnection) -> None:
+async def _upgrade(conn: AsyncConnection, service_passwords: Mapping[str, str]) -> None:
     await conn.execute(text("SELECT pg_advisory_lock(:id)"), {"id": MIGRATION_LOCK_ID})
     await conn.commit()
     try:
@@ -55,16 +57,22 @@ async def _upgrade(conn: AsyncConnection) -> None:
 
         await conn.run_sync(upgrade)
         await conn.commit()
+        # After the upgrade, so that tables a new revision created are granted too.
+        await conn.run_sync(ensure_service_roles, service_passwords)
+        await conn.run_sync(grant_service_rights)
+        await conn.commit()
     finally:
         await conn.execute(text("SELECT pg_advisory_unlock(:id)"), {"id": MIGRATION_LOCK_ID})
         await conn.commit()
 
 
-async def migrate(database_url: str) -> None:
+async def migrate(database_url: str, service_passwords: Mapping[str, str] | None = None) -> None:
+    """Upgrade as the owner role of `database_url`; create or update the service roles whose
+    passwords are given, and grant every service role its own schema (see `roles`)."""
     engine = create_async_engine(async_database_url(database_url))
     try:
         async with engine.connect() as conn:
-            await _upgrade(conn)
+            await _upgrade(conn, service_passwords or {})
     finally:
         await engine.dispose()
 
@@ -101,6 +109,9 @@ def migrate_command(*, wait: bool, timeout_s: float) -> int:
             return 0
         print(f"database did not reach revision {head_revision()} in {timeout_s:.0f}s", file=sys.stderr)
         return 1
-    asyncio.run(migrate(database_url))
+    passwords = service_passwords_from(os.environ)
+    asyncio.run(migrate(database_url, passwords))
     print(f"database is at revision {head_revision()}")
+    if passwords:
+        print(f"service roles set: {', '.join(sorted(passwords))}")
     return 0

@@ -6,6 +6,7 @@ ORDER_URL, NOTIFICATION_URL. Everything else has a default a local run can live 
 
 from __future__ import annotations
 
+import os
 from typing import Annotated
 
 from pydantic import Field, field_validator
@@ -43,6 +44,14 @@ class ServiceSettings(ProcessSettings):
     @classmethod
     def _use_asyncpg(cls, url: str) -> str:
         return async_database_url(url)
+
+    @classmethod
+    def of(cls, service: str) -> ServiceSettings:
+        """The settings of one service: `<SERVICE>_DATABASE_URL` (its own role, e.g.
+        `BILLING_DATABASE_URL`) wins over `DATABASE_URL`, so one environment can serve all
+        processes (`orbilnot infra env`) while each connects as itself."""
+        own_url = os.environ.get(f"{service.upper()}_DATABASE_URL")
+        return cls(database_url=own_url) if own_url else cls()
 
 
 class GatewaySettings(ProcessSettings):
