@@ -12,7 +12,7 @@ from fastapi import APIRouter
 from orbilnot.billing import handlers
 from orbilnot.billing.domain import AccountAction
 from orbilnot.shared.money import NonNegativeMoney, PositiveMoney, StoredMoney
-from orbilnot.shared.pagination import PageQuery
+from orbilnot.shared.pagination import PAGED_RESPONSES, PageQuery
 from orbilnot.shared.schemas import ApiModel
 from orbilnot.shared.service import KernelDep
 
@@ -70,7 +70,7 @@ async def get_account(account_id: UUID, kernel: KernelDep) -> AccountResponse:
 @router.get(
     "/{account_id}/transactions",
     summary="The account's ledger, oldest first, a page at a time; the balance is the sum of the amounts",
-    responses={404: {}},
+    responses={404: {}, **PAGED_RESPONSES},
 )
 async def list_transactions(account_id: UUID, kernel: KernelDep, page: PageQuery) -> list[LedgerEntryResponse]:
     async with kernel.engine.connect() as conn:

@@ -8,7 +8,7 @@ from uuid import UUID
 from fastapi import APIRouter
 
 from orbilnot.notification import handlers
-from orbilnot.shared.pagination import PageQuery
+from orbilnot.shared.pagination import PAGED_RESPONSES, PageQuery
 from orbilnot.shared.schemas import ApiModel
 from orbilnot.shared.service import KernelDep
 
@@ -25,7 +25,9 @@ class NotificationResponse(ApiModel):
     created_at: datetime
 
 
-@router.get("/{account_id}", summary="An account's notifications, oldest first, a page at a time")
+@router.get(
+    "/{account_id}", summary="An account's notifications, oldest first, a page at a time", responses=PAGED_RESPONSES
+)
 async def list_notifications(account_id: UUID, kernel: KernelDep, page: PageQuery) -> list[NotificationResponse]:
     async with kernel.engine.connect() as conn:
         found = await handlers.list_notifications(conn, account_id, limit=page.limit, after=page.after)

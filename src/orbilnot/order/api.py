@@ -12,7 +12,7 @@ from pydantic import Field
 from orbilnot.order import handlers
 from orbilnot.order.domain import OrderStatus
 from orbilnot.shared.money import Money, PositiveMoney
-from orbilnot.shared.pagination import PageQuery
+from orbilnot.shared.pagination import PAGED_RESPONSES, PageQuery
 from orbilnot.shared.schemas import ApiModel
 from orbilnot.shared.service import KernelDep
 
@@ -71,7 +71,7 @@ async def place_order(
     return order_id
 
 
-@router.get("/{account_id}", summary="An account's orders, oldest first, a page at a time")
+@router.get("/{account_id}", summary="An account's orders, oldest first, a page at a time", responses=PAGED_RESPONSES)
 async def list_orders(account_id: UUID, kernel: KernelDep, page: PageQuery) -> list[OrderResponse]:
     async with kernel.engine.connect() as conn:
         found = await handlers.list_orders(conn, account_id, limit=page.limit, after=page.after)

@@ -27,6 +27,9 @@ from orbilnot.shared.relay import OutgoingMessage
 
 log = logging.getLogger(__name__)
 
+ORDERS_LIST = "order_service.orders"
+"""The name under which writers of one account's orders take turns (`lock_account_list`)."""
+
 
 @dataclass(frozen=True, slots=True)
 class Order:
@@ -92,9 +95,6 @@ async def place_order(
     if first.request_fingerprint != fingerprint:
         raise Conflict("this Idempotency-Key was used with a different request")
     return UUID(str(first.id))
-
-
-ORDERS_LIST = "order_service.orders"
 
 
 async def list_orders(

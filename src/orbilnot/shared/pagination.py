@@ -130,5 +130,19 @@ class _PageQuery:
         return page.items
 
 
+PAGED_RESPONSES: dict[int | str, dict[str, object]] = {
+    200: {
+        "description": "One page, oldest first",
+        "headers": {
+            "Link": {
+                "description": 'The next page, `<relative URL>; rel="next"`, when there is one',
+                "schema": {"type": "string"},
+            }
+        },
+    },
+    422: {"description": "`limit` outside 1-1000, or a `cursor` this list did not give out"},
+}
+"""The `responses` of a list endpoint in OpenAPI: the `Link` header of its pages."""
+
 PageQuery = Annotated[_PageQuery, Depends()]
 """What a list endpoint declares: `page.limit`, `page.after`, and `page.answer(...)`."""
