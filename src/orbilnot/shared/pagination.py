@@ -140,7 +140,6 @@ PAGED_RESPONSES: dict[int | str, dict[str, object]] = {
             }
         },
     },
-    422: {"description": "`limit` outside 1-1000, or a `cursor` this list did not give out"},
 }
 """The `responses` of a list endpoint in OpenAPI: the `Link` header of its pages."""
 
