@@ -33,7 +33,10 @@ class Notification:
 async def store_notification(conn: AsyncConnection, event: PaymentEvent) -> None:
     """seed: PaymentEventListener. Insert first; the unique constraints drop a duplicate."""
     message = render(event)
-    await lock_account_list(conn, NOTIFICATIONS_LIST, event.account_id)  # its place in the account's list
+    # Its place in the account's list. A consumer batch holds these locks until it commits; the
+    # events of one account share a partition, so two batches meet on an account only while a
+    # rebalance hands a partition over, and then the loser of a deadlock is retried event by event.
+    await lock_account_list(conn, NOTIFICATIONS_LIST, event.account_id)
     await conn.execute(
         pg_insert(notifications)
         .values(
