@@ -98,6 +98,7 @@ def order_poison() -> list[bytes | None]:
         _order_event(amount=1e20),
         _order_event(amount=[1]),
         _order_event(occurredAt="2026-01-01T00:00:00"),  # no time zone
+        _order_event(orderNumber=f"{uuid.uuid4()}:{uuid.uuid4()}"),  # another account's order
     ]
     raw = [json.dumps(d).encode() for d in dumps]
     raw.append(json.dumps(_order_event()).replace('"amount": 10', '"amount": NaN').encode())
@@ -117,6 +118,7 @@ def payment_poison() -> list[bytes | None]:
         _payment_event(orderNumber="x:y"),
         _payment_event(description="d" * 1001),
         _payment_event(occurredAt="not a time"),
+        _payment_event(orderNumber=f"{uuid.uuid4()}:{uuid.uuid4()}"),  # another account's order
     ]
     raw = [json.dumps(d).encode() for d in dumps]
     raw.append(_huge(_payment_event(), "description"))

@@ -110,3 +110,19 @@ def test_order_numbers_parse_back_to_their_ids() -> None:
     assert parse_order_number(order_number_of(account, order)) == (account, order)
     with pytest.raises(ValueError):
         parse_order_number("nope")
+
+
+@pytest.mark.parametrize("model", [OrderEvent, PaymentEvent])
+def test_an_event_whose_order_number_names_another_account_is_invalid(model: type[OrderEvent | PaymentEvent]) -> None:
+    account, someone_else = uuid.uuid4(), uuid.uuid4()
+    raw = {
+        "eventId": str(uuid.uuid4()),
+        "eventType": "CREATED",
+        "paymentEventType": "PAYMENT_CONFIRMED",
+        "accountId": str(account),
+        "orderNumber": f"{someone_else}:{uuid.uuid4()}",
+        "amount": 1,
+        "occurredAt": "2026-01-01T00:00:00Z",
+    }
+    with pytest.raises(ValidationError, match="another account"):
+        model.model_validate_json(json.dumps(raw))

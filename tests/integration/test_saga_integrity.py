@@ -1,0 +1,150 @@
+"""Issue 7, on the real PostgreSQL (and Kafka where a relay is involved): one event that fails for
+a reason of its own is parked and holds back no other; a transient database error is retried,
+never parked; billing refunds what its ledger says was paid, whatever the event claims."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from datetime import UTC, datetime
+from decimal import Decimal
+
+from sqlalchemy import select, text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from orbilnot.billing.handlers import open_account, process_received_events, receive_order_event
+from orbilnot.billing.tables import accounts, ledger, order_events
+from orbilnot.model import OrderEvent, OrderEventType
+
+
+def order_event(
+    account: uuid.UUID, amount: Decimal, kind: OrderEventType = OrderEventType.CREATED, number: str = ""
+) -> OrderEvent:
+    return OrderEvent(
+        event_id=uuid.uuid4(),
+        event_type=kind,
+        account_id=account,
+        order_number=number or f"{account}:{uuid.uuid4()}",
+        amount=amount,
+        occurred_at=datetime.now(UTC),
+    )
+
+
+async def receive(engine: AsyncEngine, *events: OrderEvent) -> None:
+    async with engine.begin() as conn:
+        for event in events:
+            await receive_order_event(conn, event)
+
+
+async def process_until_idle(engine: AsyncEngine, timeout_s: float = 20.0) -> None:
+    """Run the processor's batches until nothing is left, failing after a deadline (a stuck
+    processor retries the same batch for ever: that must show as a failure, not a hang)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        async with engine.begin() as conn:
+            if not await process_received_events(conn, 50, topic="payment.event"):
+                return
+    raise AssertionError(f"the processor did not drain its inbox in {timeout_s}s")
+
+
+async def statuses(engine: AsyncEngine, *events: OrderEvent) -> list[str]:
+    async with engine.connect() as conn:
+        by_id = dict((await conn.execute(select(order_events.c.event_id, order_events.c.status))).all())
+    return [by_id[e.event_id] for e in events]
+
+
+async def fail_ledger_writes_for(engine: AsyncEngine, order_number: str, sqlstate: str, times: int | None) -> None:
+    """A trigger that makes writing this order's ledger entry fail with `sqlstate` — a stand-in
+    for any fault of one event (a constraint, an overflow, a bug), or, with a transient SQLSTATE
+    and `times`, for a deadlock or serialization failure that goes away on retry."""
+    async with engine.begin() as conn:
+        await conn.execute(text("CREATE SEQUENCE IF NOT EXISTS billing.injected_failures"))
+        limit = "true" if times is None else f"nextval('billing.injected_failures') <= {times}"
+        await conn.execute(
+            text(f"""
+            CREATE OR REPLACE FUNCTION billing.inject_failure() RETURNS trigger AS $$
+            BEGIN
+              IF NEW.order_number = '{order_number}' AND {limit} THEN
+                RAISE EXCEPTION 'injected failure for %', NEW.order_number USING ERRCODE = '{sqlstate}';
+              END IF;
+              RETURN NEW;
+            END $$ LANGUAGE plpgsql""")
+        )
+        await conn.execute(
+            text(
+                "CREATE TRIGGER inject_failure BEFORE INSERT ON billing.ledger "
+                "FOR EACH ROW EXECUTE FUNCTION billing.inject_failure()"
+            )
+        )
+
+
+async def test_an_event_that_fails_on_its_own_is_parked_and_holds_back_no_other(engine: AsyncEngine) -> None:
+    async with engine.begin() as conn:
+        innocent, culprit = await open_account(conn, Decimal(100)), await open_account(conn, Decimal(100))
+    before, bad, after = (
+        order_event(innocent, Decimal(10)),
+        order_event(culprit, Decimal(20)),
+        order_event(innocent, Decimal(30)),
+    )
+    await fail_ledger_writes_for(engine, bad.order_number, "P0001", times=None)
+    await receive(engine, before, bad, after)
+
+    await process_until_idle(engine)
+
+    assert await statuses(engine, before, bad, after) == ["PAYMENT_CONFIRMED", "PARKED", "PAYMENT_CONFIRMED"]
+    async with engine.connect() as conn:
+        reason = await conn.scalar(select(order_events.c.description).where(order_events.c.event_id == bad.event_id))
+        balances = dict((await conn.execute(select(accounts.c.id, accounts.c.balance))).all())
+        # The parked order gets a final answer: a PAYMENT_DENIED the order service and the user see.
+        answer = (
+            await conn.execute(
+                text("SELECT value FROM billing.outbox WHERE value::jsonb->>'orderNumber' = :n"),
+                {"n": bad.order_number},
+            )
+        ).scalar_one()
+    assert reason is not None and "injected failure" in reason
+    assert balances == {innocent: Decimal(60), culprit: Decimal(100)}
+    assert '"paymentEventType":"PAYMENT_DENIED"' in answer.replace(" ", "")
+
+
+async def test_a_serialization_failure_is_retried_not_parked(engine: AsyncEngine) -> None:
+    from orbilnot.billing.handlers import process_batch  # the processor's step, with its retries
+
+    async with engine.begin() as conn:
+        account = await open_account(conn, Decimal(100))
+    event = order_event(account, Decimal(40))
+    await fail_ledger_writes_for(engine, event.order_number, "40001", times=2)
+    await receive(engine, event)
+
+    deadline = time.monotonic() + 20
+    while await process_batch(engine, 50, topic="payment.event") and time.monotonic() < deadline:
+        pass
+
+    assert await statuses(engine, event) == ["PAYMENT_CONFIRMED"]
+    async with engine.connect() as conn:
+        assert await conn.scalar(select(accounts.c.balance).where(accounts.c.id == account)) == 60
+        assert await conn.scalar(text("SELECT last_value FROM billing.injected_failures")) >= 2
+
+
+async def test_a_forged_cancellation_refunds_only_what_was_paid(engine: AsyncEngine) -> None:
+    async with engine.begin() as conn:
+        account = await open_account(conn, Decimal(100))
+    paid = order_event(account, Decimal(1))
+    await receive(engine, paid)
+    await process_until_idle(engine)
+    forged = order_event(account, Decimal(100000), OrderEventType.CANCELLED, paid.order_number)
+    never_paid = order_event(account, Decimal(500), OrderEventType.CANCELLED)
+    await receive(engine, forged, never_paid)
+    await process_until_idle(engine)
+
+    async with engine.connect() as conn:
+        balance = await conn.scalar(select(accounts.c.balance).where(accounts.c.id == account))
+        entries = (
+            await conn.execute(
+                select(ledger.c.kind, ledger.c.amount).where(ledger.c.account_id == account).order_by(ledger.c.id)
+            )
+        ).all()
+    assert balance == 100
+    assert entries == [("OPENING", Decimal(100)), ("PAYMENT", Decimal(-1)), ("REFUND", Decimal(1))]
+    # A CANCELLED for an order never paid refunds nothing and says so.
+    assert await statuses(engine, never_paid) == ["PAYMENT_DENIED"]
