@@ -34,7 +34,7 @@ def order_event(
 async def process_all(engine: AsyncEngine) -> None:
     while True:
         async with engine.begin() as conn:
-            if not await process_received_events(conn, 25):
+            if not await process_received_events(conn, 25, topic="payment.event"):
                 return
 
 

@@ -13,21 +13,23 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from orbilnot.model import PaymentEvent, PaymentEventType, order_number_of
 from orbilnot.order.handlers import (
-    OrderEventsSource,
     amend_order,
     apply_payment_result,
     get_order,
+    mark_attempted,
     place_order,
     withdraw_order,
 )
-from orbilnot.order.tables import orders
+from orbilnot.order.tables import outbox
 from orbilnot.shared.kafka import ProducerHandle
 from orbilnot.shared.relay import OutboxRelay
 from support import read_topic
 
 
-async def publish_all(engine: AsyncEngine, producer: ProducerHandle, topic: str) -> None:
-    relay = OutboxRelay(OrderEventsSource(topic), engine=engine, producer=producer, batch_size=50, poll_interval_s=1)
+async def publish_all(engine: AsyncEngine, producer: ProducerHandle) -> None:
+    relay = OutboxRelay(
+        "test", outbox, engine=engine, producer=producer, batch_size=50, poll_interval_s=1, on_attempt=mark_attempted
+    )
     while await relay.publish_batch():
         pass
 
@@ -48,30 +50,38 @@ async def test_an_amended_order_is_published_with_its_new_amount_and_a_withdrawn
 ) -> None:
     account = uuid.uuid4()
     async with engine.begin() as conn:
-        amended = await place_order(conn, account, Decimal(10))
-        withdrawn = await place_order(conn, account, Decimal(20))
+        amended = await place_order(conn, account, Decimal(10), topic=topic)
+        withdrawn = await place_order(conn, account, Decimal(20), topic=topic)
     async with engine.begin() as conn:
-        await amend_order(conn, account, order_number_of(account, amended), Decimal("12.34"))
-        assert await withdraw_order(conn, account, order_number_of(account, withdrawn)) is None
+        await amend_order(conn, account, order_number_of(account, amended), Decimal("12.34"), topic=topic)
+        assert await withdraw_order(conn, account, order_number_of(account, withdrawn), topic=topic) is None
 
-    await publish_all(engine, producer, topic)
+    await publish_all(engine, producer)
     events = [json.loads(r.value) for r in await read_topic(infra.kafka_bootstrap_servers, topic, at_least=1)]
     assert [(e["orderNumber"], e["amount"]) for e in events] == [(order_number_of(account, amended), 12.34)]
 
 
-async def test_a_result_for_an_order_still_new_is_applied_once(engine: AsyncEngine) -> None:
+async def test_a_result_is_applied_once_and_none_to_an_order_never_sent(
+    engine: AsyncEngine, producer: ProducerHandle, topic: str
+) -> None:
     account = uuid.uuid4()
     async with engine.begin() as conn:
-        order = await place_order(conn, account, Decimal(10))
+        order = await place_order(conn, account, Decimal(10), topic=topic)
     confirmed = result(account, order, PaymentEventType.PAYMENT_CONFIRMED)
+    async with engine.begin() as conn:  # forged: its CREATED was never sent
+        await apply_payment_result(conn, result(account, order, PaymentEventType.PAYMENT_CONFIRMED))
+    async with engine.connect() as conn:
+        assert (await get_order(conn, account, order)).status == "NEW"
+
+    await publish_all(engine, producer)
     denied_late = result(account, order, PaymentEventType.PAYMENT_DENIED)
     for event in (confirmed, confirmed, denied_late):
         async with engine.begin() as conn:
             await apply_payment_result(conn, event)
     async with engine.connect() as conn:
         assert (await get_order(conn, account, order)).status == "CONFIRMED"
-        pending = await conn.scalar(select(orders.c.pending_event_id).where(orders.c.id == order))
-    assert pending is None, "the result answered the pending CREATED: nothing is left to publish"
+        unpublished = await conn.scalar(select(outbox.c.id).where(outbox.c.published_at.is_(None)))
+    assert unpublished is None
 
 
 async def test_a_refund_is_requested_once_and_completes_on_refunded(
@@ -79,17 +89,17 @@ async def test_a_refund_is_requested_once_and_completes_on_refunded(
 ) -> None:
     account = uuid.uuid4()
     async with engine.begin() as conn:
-        order = await place_order(conn, account, Decimal(10))
-    await publish_all(engine, producer, topic)
+        order = await place_order(conn, account, Decimal(10), topic=topic)
+    await publish_all(engine, producer)
     async with engine.begin() as conn:
         await apply_payment_result(conn, result(account, order, PaymentEventType.PAYMENT_CONFIRMED))
 
     number = order_number_of(account, order)
     for _ in range(3):  # repeating DELETE changes nothing after the first
         async with engine.begin() as conn:
-            refunding = await withdraw_order(conn, account, number)
+            refunding = await withdraw_order(conn, account, number, topic=topic)
         assert refunding is not None and refunding.status == "REFUND_PENDING"
-        await publish_all(engine, producer, topic)
+        await publish_all(engine, producer)
 
     events = [json.loads(r.value) for r in await read_topic(infra.kafka_bootstrap_servers, topic, at_least=2)]
     assert [e["eventType"] for e in events] == ["CREATED", "CANCELLED"]

@@ -1,5 +1,7 @@
 """The relay on a real PostgreSQL and a real Kafka broker: it publishes exactly what was
-committed, once, even with two relays at once; and a publish that failed is published later."""
+committed, once, even with two relays at once; a publish that failed is published later; nothing
+is marked published that the broker did not acknowledge; and an order whose event may be out is
+never treated as NEW again (the ack-then-rollback window)."""
 
 from __future__ import annotations
 
@@ -9,11 +11,14 @@ import uuid
 from decimal import Decimal
 
 import pytest
-from sqlalchemy import func, select
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-from orbilnot.order.handlers import OrderEventsSource, place_order
-from orbilnot.order.tables import orders
+from orbilnot.model import order_number_of
+from orbilnot.order.handlers import amend_order, get_order, mark_attempted, place_order, withdraw_order
+from orbilnot.order.tables import orders, outbox
+from orbilnot.shared.errors import Conflict
 from orbilnot.shared.kafka import ProducerHandle
 from orbilnot.shared.relay import OutboxRelay
 from support import read_topic
@@ -23,37 +28,48 @@ class Rollback(Exception):
     pass
 
 
-async def place_orders(engine: AsyncEngine, count: int) -> set[str]:
+async def place_orders(engine: AsyncEngine, topic: str, count: int) -> set[str]:
     numbers = set()
     for i in range(count):
         account = uuid.uuid4()
         async with engine.begin() as conn:
-            order_id = await place_order(conn, account, Decimal(i + 1))
+            order_id = await place_order(conn, account, Decimal(i + 1), topic=topic)
         numbers.add(f"{account}:{order_id}")
     return numbers
 
 
-async def drain(relay: OutboxRelay) -> None:  # type: ignore[type-arg]
+async def drain(relay: OutboxRelay) -> None:
     while await relay.publish_batch():
         pass
 
 
-def relay_for(engine: AsyncEngine, producer: ProducerHandle, topic: str, batch_size: int = 7) -> OutboxRelay:  # type: ignore[type-arg]
+def relay_for(engine: AsyncEngine, producer: ProducerHandle, batch_size: int = 7) -> OutboxRelay:
     return OutboxRelay(
-        OrderEventsSource(topic), engine=engine, producer=producer, batch_size=batch_size, poll_interval_s=0.1
+        "test",
+        outbox,
+        engine=engine,
+        producer=producer,
+        batch_size=batch_size,
+        poll_interval_s=0.1,
+        on_attempt=mark_attempted,
     )
+
+
+async def unpublished(engine: AsyncEngine) -> int:
+    async with engine.connect() as conn:
+        return int(await conn.scalar(select(func.count()).where(outbox.c.published_at.is_(None))) or 0)
 
 
 async def test_publishes_exactly_the_committed_orders_and_marks_them_sent(
     engine: AsyncEngine, producer: ProducerHandle, topic: str, infra
 ) -> None:
-    committed = await place_orders(engine, 20)
+    committed = await place_orders(engine, topic, 20)
     with pytest.raises(Rollback):
         async with engine.begin() as conn:
-            await place_order(conn, uuid.uuid4(), Decimal(1))
+            await place_order(conn, uuid.uuid4(), Decimal(1), topic=topic)
             raise Rollback
 
-    await drain(relay_for(engine, producer, topic))
+    await drain(relay_for(engine, producer))
 
     records = await read_topic(infra.kafka_bootstrap_servers, topic, at_least=20)
     events = [json.loads(r.value) for r in records]
@@ -63,6 +79,18 @@ async def test_publishes_exactly_the_committed_orders_and_marks_them_sent(
     async with engine.connect() as conn:
         statuses = (await conn.execute(select(orders.c.status, func.count()).group_by(orders.c.status))).all()
     assert dict(statuses) == {"SENT": 20}
+    assert await unpublished(engine) == 0
+
+
+async def test_the_outbox_headers_travel_as_kafka_headers(
+    engine: AsyncEngine, producer: ProducerHandle, topic: str, infra
+) -> None:
+    await place_orders(engine, topic, 1)
+    async with engine.begin() as conn:
+        await conn.execute(update(outbox).values(headers={"traceparent": "00-abc-def-01"}))
+    await drain(relay_for(engine, producer))
+    (record,) = await read_topic(infra.kafka_bootstrap_servers, topic, at_least=1)
+    assert dict(record.headers) == {"traceparent": b"00-abc-def-01"}
 
 
 async def test_two_relays_at_once_never_publish_a_row_twice(
@@ -71,10 +99,10 @@ async def test_two_relays_at_once_never_publish_a_row_twice(
     # Two engines: two connection pools, as two replicas would have.
     first_engine, second_engine = create_async_engine(database_url), create_async_engine(database_url)
     try:
-        committed = await place_orders(first_engine, 300)
+        committed = await place_orders(first_engine, topic, 300)
         await asyncio.gather(
-            drain(relay_for(first_engine, producer, topic, batch_size=10)),
-            drain(relay_for(second_engine, producer, topic, batch_size=10)),
+            drain(relay_for(first_engine, producer, batch_size=10)),
+            drain(relay_for(second_engine, producer, batch_size=10)),
         )
         records = await read_topic(infra.kafka_bootstrap_servers, topic, at_least=300, settle_s=1.0)
         event_ids = [json.loads(r.value)["eventId"] for r in records]
@@ -88,13 +116,84 @@ async def test_two_relays_at_once_never_publish_a_row_twice(
 async def test_a_failed_publish_leaves_the_rows_to_publish_again(
     engine: AsyncEngine, producer: ProducerHandle, topic: str, infra
 ) -> None:
-    committed = await place_orders(engine, 3)
+    committed = await place_orders(engine, topic, 3)
     not_connected = ProducerHandle(infra.kafka_bootstrap_servers, client_id="never-started")
     with pytest.raises(RuntimeError):
-        await relay_for(engine, not_connected, topic).publish_batch()
-    async with engine.connect() as conn:
-        assert set(await conn.scalars(select(orders.c.status))) == {"NEW"}
+        await relay_for(engine, not_connected).publish_batch()
+    assert await unpublished(engine) == 3
 
-    await drain(relay_for(engine, producer, topic))
+    await drain(relay_for(engine, producer))
     records = await read_topic(infra.kafka_bootstrap_servers, topic, at_least=3)
     assert {json.loads(r.value)["orderNumber"] for r in records} == committed
+
+
+async def test_nothing_is_marked_published_that_the_broker_refused(
+    engine: AsyncEngine, producer: ProducerHandle, infra
+) -> None:
+    """The relay's central promise. The broker takes the connection but refuses every message
+    (the topic's `max.message.bytes` is smaller than any event): a relay that did not wait for the
+    broker's acks before marking its rows published would mark them all here."""
+    refusing = f"test.refusing.{uuid.uuid4().hex[:10]}"
+    admin = AIOKafkaAdminClient(bootstrap_servers=infra.kafka_bootstrap_servers)
+    await admin.start()
+    try:
+        await admin.create_topics(
+            [NewTopic(refusing, num_partitions=1, replication_factor=1, topic_configs={"max.message.bytes": "64"})]
+        )
+    finally:
+        await admin.close()
+    await place_orders(engine, refusing, 5)
+
+    with pytest.raises(Exception):  # noqa: B017 - whatever the client raises for the refusal
+        await relay_for(engine, producer).publish_batch()
+
+    assert await unpublished(engine) == 5
+    async with engine.connect() as conn:
+        attempts = list(await conn.scalars(select(outbox.c.attempts)))
+    assert attempts == [1] * 5, "the attempt was recorded before sending"
+
+
+class AckedThenRolledBack(Exception):
+    pass
+
+
+async def test_the_ack_then_rollback_window_never_lets_an_order_look_unsent(
+    engine: AsyncEngine, producer: ProducerHandle, topic: str, infra, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The broker acknowledged CREATED, then the relay's final commit failed (a crash after the
+    ack, a timeout, a failed commit). The order may be charged: PUT answers 409, DELETE does not
+    remove it (409 while its payment is decided), and the relay sends the event again later with
+    the same id, so billing sees one order, charged once."""
+    account = uuid.uuid4()
+    async with engine.begin() as conn:
+        order = await place_order(conn, account, Decimal(5), topic=topic)
+    number = order_number_of(account, order)
+
+    relay = relay_for(engine, producer)
+
+    async def fail_after_the_acks(*_: object) -> None:
+        raise AckedThenRolledBack
+
+    monkeypatch.setattr(relay, "_mark_published", fail_after_the_acks)
+    with pytest.raises(AckedThenRolledBack):
+        await relay.publish_batch()
+    (first,) = await read_topic(infra.kafka_bootstrap_servers, topic, at_least=1)
+
+    with pytest.raises(Conflict):
+        async with engine.begin() as conn:
+            await amend_order(conn, account, number, Decimal(7), topic=topic)
+    with pytest.raises(Conflict):
+        async with engine.begin() as conn:
+            await withdraw_order(conn, account, number, topic=topic)
+    async with engine.connect() as conn:
+        order_now = await get_order(conn, account, order)
+    assert (order_now.status, order_now.amount) == ("SENT", Decimal(5))
+
+    # The lease runs out (made to, here), and a healthy relay sends the same event again.
+    monkeypatch.undo()
+    async with engine.begin() as conn:
+        await conn.execute(update(outbox).values(claimed_until=func.now()))
+    await drain(relay_for(engine, producer))
+    records = await read_topic(infra.kafka_bootstrap_servers, topic, at_least=2)
+    assert [json.loads(r.value)["eventId"] for r in records] == [json.loads(first.value)["eventId"]] * 2
+    assert await unpublished(engine) == 0

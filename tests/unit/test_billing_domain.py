@@ -21,24 +21,24 @@ ACCOUNT = uuid.uuid4()
 D = Decimal
 
 
-def created(amount: str, balance: str | None, *, paid: bool = False):  # type: ignore[no-untyped-def]
+def created(amount: str, balance: str | None, *, paid: str | None = None):  # type: ignore[no-untyped-def]
     return decide(
         OrderEventType.CREATED,
         account_id=ACCOUNT,
         amount=D(amount),
         balance=None if balance is None else D(balance),
-        already_paid=paid,
+        paid=None if paid is None else D(paid),
         already_refunded=False,
     )
 
 
-def cancelled(amount: str, balance: str | None, *, paid: bool, refunded: bool):  # type: ignore[no-untyped-def]
+def cancelled(amount: str, balance: str | None, *, paid: str | None, refunded: bool):  # type: ignore[no-untyped-def]
     return decide(
         OrderEventType.CANCELLED,
         account_id=ACCOUNT,
         amount=D(amount),
         balance=None if balance is None else D(balance),
-        already_paid=paid,
+        paid=None if paid is None else D(paid),
         already_refunded=refunded,
     )
 
@@ -67,33 +67,39 @@ def test_an_order_of_an_unknown_account_is_denied_naming_it() -> None:
 
 
 def test_an_order_already_paid_is_confirmed_without_charging_again() -> None:
-    decision = created("500", "1000", paid=True)
+    decision = created("500", "1000", paid="500")
     assert decision.status is OrderEventStatus.PAYMENT_CONFIRMED
     assert decision.ledger_kind is None and decision.balance_change == 0
 
 
 def test_a_cancelled_paid_order_is_refunded_once() -> None:
-    first = cancelled("500", "0", paid=True, refunded=False)
-    assert (first.status, first.ledger_kind, first.balance_change) == (
+    first = cancelled("500", "0", paid="500", refunded=False)
+    assert (first.status, first.ledger_kind, first.balance_change, first.amount) == (
         OrderEventStatus.REFUNDED,
         LedgerKind.REFUND,
         D("500"),
+        D("500"),
     )
-    again = cancelled("500", "500", paid=True, refunded=True)
+    again = cancelled("500", "500", paid="500", refunded=True)
     assert again.status is OrderEventStatus.REFUNDED and again.ledger_kind is None
 
 
+def test_a_refund_gives_back_what_the_ledger_says_was_paid_whatever_the_event_claims() -> None:
+    decision = cancelled("100000", "0", paid="1", refunded=False)
+    assert (decision.balance_change, decision.amount) == (D("1"), D("1"))
+
+
 def test_a_cancelled_order_never_charged_refunds_nothing() -> None:
-    decision = cancelled("500", "0", paid=False, refunded=False)
-    assert decision.status is OrderEventStatus.REFUNDED and decision.ledger_kind is None
+    decision = cancelled("500", "0", paid=None, refunded=False)
+    assert decision.status is OrderEventStatus.PAYMENT_DENIED and decision.ledger_kind is None
 
 
 def test_statuses_owe_the_right_payment_event() -> None:
     assert OrderEventStatus.PAYMENT_CONFIRMED.result_event is PaymentEventType.PAYMENT_CONFIRMED
     assert OrderEventStatus.PAYMENT_DENIED.result_event is PaymentEventType.PAYMENT_DENIED
     assert OrderEventStatus.REFUNDED.result_event is PaymentEventType.REFUNDED
+    assert OrderEventStatus.PARKED.result_event is PaymentEventType.PAYMENT_DENIED
     assert OrderEventStatus.RECEIVED.result_event is None
-    assert OrderEventStatus.EXECUTED.result_event is None
 
 
 def test_withdrawing_more_than_the_balance_is_refused() -> None:
@@ -106,3 +112,9 @@ def test_a_deposit_cannot_push_the_balance_past_the_maximum() -> None:
     assert deposit(D("0"), MAX_MONEY) == MAX_MONEY
     with pytest.raises(BalanceLimitExceeded):
         deposit(MAX_MONEY, D("0.01"))
+
+
+def test_a_deposit_leaves_room_for_every_refund_still_possible() -> None:
+    assert deposit(D("0"), MAX_MONEY - 5, refundable=D("5")) == MAX_MONEY - 5
+    with pytest.raises(BalanceLimitExceeded):
+        deposit(D("0"), MAX_MONEY - 4, refundable=D("5"))

@@ -6,6 +6,7 @@ from fastapi import FastAPI
 
 from orbilnot.billing import handlers
 from orbilnot.billing.api import router
+from orbilnot.billing.tables import order_events, outbox
 from orbilnot.model import OrderEvent
 from orbilnot.shared.config import ServiceSettings
 from orbilnot.shared.service import ServiceKernel, create_service_app
@@ -13,11 +14,13 @@ from orbilnot.shared.service import ServiceKernel, create_service_app
 
 def build_kernel(settings: ServiceSettings) -> ServiceKernel:
     kernel = ServiceKernel(settings, service="billing")
-    relay = kernel.relay(handlers.PaymentResultsSource(settings.payment_event_topic))
+    # seed: SendPaymentProcessingResultsScheduler — woken by the processor's commits.
+    relay = kernel.relay("billing.outbox", outbox)
 
     async def process_step() -> bool:
-        async with kernel.engine.begin() as conn:
-            processed = await handlers.process_received_events(conn, settings.relay_batch_size)
+        processed = await handlers.process_batch(
+            kernel.engine, settings.relay_batch_size, topic=settings.payment_event_topic, tracker=processor.tracker
+        )
         if processed:
             relay.wake()
         return processed == settings.relay_batch_size
@@ -31,6 +34,7 @@ def build_kernel(settings: ServiceSettings) -> ServiceKernel:
         handlers.receive_order_event,
         after_commit=processor.wake,
     )
+    kernel.backlog("billing.inbox", order_events.c.received_at, order_events.c.status == "RECEIVED")
     return kernel
 
 

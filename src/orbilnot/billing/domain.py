@@ -1,7 +1,9 @@
 """Billing's rules, with no database, web or Kafka in sight.
 
 The inbox row of an order event moves RECEIVED → PAYMENT_CONFIRMED | PAYMENT_DENIED | REFUNDED
-(the processor decides) → EXECUTED (the relay published the result).
+(the processor decides), or RECEIVED → PARKED when deciding it failed for a reason of its own.
+Each of these answers the order with one payment event. Billing trusts its own ledger, never the
+event: a refund gives back what the ledger's PAYMENT for that order took.
 """
 
 from __future__ import annotations
@@ -39,11 +41,11 @@ class OrderEventStatus(StrEnum):
     PAYMENT_CONFIRMED = "PAYMENT_CONFIRMED"
     PAYMENT_DENIED = "PAYMENT_DENIED"
     REFUNDED = "REFUNDED"
-    EXECUTED = "EXECUTED"
+    PARKED = "PARKED"
 
     @property
     def result_event(self) -> PaymentEventType | None:
-        """The payment event a processed row owes `payment.event`, if any."""
+        """The payment event a decided row answers with; None while it is RECEIVED."""
         return _RESULT_EVENTS.get(self)
 
 
@@ -51,8 +53,18 @@ _RESULT_EVENTS = {
     OrderEventStatus.PAYMENT_CONFIRMED: PaymentEventType.PAYMENT_CONFIRMED,
     OrderEventStatus.PAYMENT_DENIED: PaymentEventType.PAYMENT_DENIED,
     OrderEventStatus.REFUNDED: PaymentEventType.REFUNDED,
+    # Set aside: the order still gets a final answer, and nothing changed hands.
+    OrderEventStatus.PARKED: PaymentEventType.PAYMENT_DENIED,
 }
-AWAITING_PUBLICATION = tuple(_RESULT_EVENTS)
+
+NOTHING_CHARGED = "Nothing was charged for this order; nothing refunded"
+
+
+def parked_description(event_type: OrderEventType) -> str:
+    """What the user is told about an event set aside (the error itself stays in billing)."""
+    if event_type is OrderEventType.CREATED:
+        return "The payment could not be processed; nothing was charged"
+    return "The refund could not be processed; nothing was refunded"
 
 
 class InsufficientFunds(Conflict):
@@ -63,10 +75,13 @@ class BalanceLimitExceeded(Conflict):
     pass
 
 
-def deposit(balance: Decimal, amount: Decimal) -> Decimal:
+def deposit(balance: Decimal, amount: Decimal, refundable: Decimal = Decimal(0)) -> Decimal:
+    """A deposit must leave room for every refund the account may still get (`refundable`):
+    balance + refundable never passes MAX_MONEY, so giving back what was paid always fits."""
     new_balance = balance + amount
-    if new_balance > MAX_MONEY:
-        raise BalanceLimitExceeded(f"balance would exceed the maximum of {MAX_MONEY}")
+    if new_balance + refundable > MAX_MONEY:
+        held = f" (with {refundable} of payments that may still be refunded)" if refundable else ""
+        raise BalanceLimitExceeded(f"the balance would exceed the maximum of {MAX_MONEY}{held}")
     return new_balance
 
 
@@ -79,9 +94,11 @@ def withdraw(balance: Decimal, amount: Decimal) -> Decimal:
 @dataclass(frozen=True, slots=True)
 class Decision:
     """What processing one order event does: the row's new status, the ledger entry to write
-    (kind and signed amount; None when the balance does not change) and the result's text."""
+    (kind and signed amount; None when the balance does not change), and the result event's
+    amount and text."""
 
     status: OrderEventStatus
+    amount: Decimal
     ledger_kind: LedgerKind | None = None
     balance_change: Decimal = Decimal(0)
     description: str | None = None
@@ -93,31 +110,30 @@ def decide(
     account_id: UUID,
     amount: Decimal,
     balance: Decimal | None,
-    already_paid: bool,
+    paid: Decimal | None,
     already_refunded: bool,
 ) -> Decision:
-    """Decide an order event against the account's current state.
+    """Decide an order event against the account's current state and its ledger.
 
-    `balance` is None when the account does not exist. `already_paid`/`already_refunded` say
-    whether the ledger holds this order's payment/refund: each happens at most once per order,
-    however often its event arrives.
+    `balance` is None when the account does not exist. `paid` is what the ledger's PAYMENT for
+    this order took (None: never charged); `already_refunded` whether its REFUND exists. Each
+    happens at most once per order, however often its event arrives, and a refund gives back
+    exactly `paid`, whatever amount the event claims.
     """
     if event_type is OrderEventType.CREATED:
-        if already_paid:
-            return Decision(OrderEventStatus.PAYMENT_CONFIRMED, description="Payment already made")
+        if paid is not None:
+            return Decision(OrderEventStatus.PAYMENT_CONFIRMED, paid, description="Payment already made")
         if balance is None:
-            return Decision(OrderEventStatus.PAYMENT_DENIED, description=account_not_found(account_id))
+            return Decision(OrderEventStatus.PAYMENT_DENIED, amount, description=account_not_found(account_id))
         if amount > balance:
-            return Decision(OrderEventStatus.PAYMENT_DENIED, description=NOT_ENOUGH_BALANCE)
-        return Decision(OrderEventStatus.PAYMENT_CONFIRMED, LedgerKind.PAYMENT, -amount, "Payment confirmed")
+            return Decision(OrderEventStatus.PAYMENT_DENIED, amount, description=NOT_ENOUGH_BALANCE)
+        return Decision(OrderEventStatus.PAYMENT_CONFIRMED, amount, LedgerKind.PAYMENT, -amount, "Payment confirmed")
 
-    # CANCELLED: give back a payment that was made, once.
+    # CANCELLED: give back the payment that was made, once.
+    if paid is None:
+        # Nothing was charged for this order (the order service asks only for refunds of paid
+        # orders, so the event is forged or a bug): refuse, so nothing is minted.
+        return Decision(OrderEventStatus.PAYMENT_DENIED, amount, description=NOTHING_CHARGED)
     if already_refunded:
-        return Decision(OrderEventStatus.REFUNDED, description="Refund already made")
-    if not already_paid or balance is None:
-        # Nothing was charged for this order, so there is nothing to give back. The order service
-        # only asks for refunds of confirmed orders, so this means a bug elsewhere: say so, but
-        # still answer, so the order does not wait for ever.
-        return Decision(OrderEventStatus.REFUNDED, description="Nothing was charged; nothing refunded")
-    # No limit check: giving back what was taken is always allowed (the column has room for it).
-    return Decision(OrderEventStatus.REFUNDED, LedgerKind.REFUND, amount, "Refunded")
+        return Decision(OrderEventStatus.REFUNDED, paid, description="Refund already made")
+    return Decision(OrderEventStatus.REFUNDED, paid, LedgerKind.REFUND, paid, "Refunded")

@@ -3,25 +3,35 @@ route's `engine.begin()`, the consumer's batch, the processor's step) and return
 
 from __future__ import annotations
 
+import logging
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 from uuid import UUID
 
+from prometheus_client import Counter
 from sqlalchemy import Row, bindparam, func, insert, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from orbilnot.billing import domain
 from orbilnot.billing.domain import AccountAction, LedgerKind, OrderEventStatus
-from orbilnot.billing.tables import accounts, ledger, order_events
+from orbilnot.billing.tables import accounts, ledger, order_events, outbox
 from orbilnot.model import OrderEvent, OrderEventType, PaymentEvent
+from orbilnot.shared.db import is_transient
 from orbilnot.shared.errors import NotFound
+from orbilnot.shared.outbox import outbox_row, record
 from orbilnot.shared.pagination import DEFAULT_LIMIT, Page
-from orbilnot.shared.relay import OutgoingMessage
+from orbilnot.shared.retry import FailureTracker, in_transaction
+
+log = logging.getLogger(__name__)
+
+PARKED = Counter(
+    "orbilnot_parked_events_total", "Events set aside because processing them failed on their own", ["service"]
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,11 +62,16 @@ async def open_account(conn: AsyncConnection, opening_balance: Decimal) -> UUID:
 
 async def change_balance(conn: AsyncConnection, account_id: UUID, action: AccountAction, amount: Decimal) -> Account:
     """Deposit or withdraw. The row lock serialises concurrent changes: none is lost."""
-    balance = await conn.scalar(select(accounts.c.balance).where(accounts.c.id == account_id).with_for_update())
-    if balance is None:
+    row = (
+        await conn.execute(
+            select(accounts.c.balance, accounts.c.refundable).where(accounts.c.id == account_id).with_for_update()
+        )
+    ).first()
+    if row is None:
         raise NotFound(f"account {account_id} not found")
+    balance = row.balance
     if action is AccountAction.DEPOSIT_MONEY:
-        new_balance, kind = domain.deposit(balance, amount), LedgerKind.DEPOSIT
+        new_balance, kind = domain.deposit(balance, amount, row.refundable), LedgerKind.DEPOSIT
     else:
         new_balance, kind = domain.withdraw(balance, amount), LedgerKind.WITHDRAWAL
     await conn.execute(
@@ -110,12 +125,18 @@ async def receive_order_event(conn: AsyncConnection, event: OrderEvent) -> None:
     )
 
 
-async def process_received_events(conn: AsyncConnection, limit: int) -> int:
+async def process_received_events(conn: AsyncConnection, limit: int, *, topic: str) -> int:
     """Decide up to `limit` RECEIVED events: debit, deny or refund. Returns how many.
 
     Rows are claimed with SKIP LOCKED, so replicas share the work; the accounts they touch are
     then locked in id order, so two processors never deadlock on each other. What each decision
-    changes (balance, ledger, the row's status and result event id) commits together.
+    changes (balance, ledger, the row's status, its result in the outbox) commits together.
+
+    The batch is decided in one savepoint (a few statements for all of it). When that fails for
+    a reason that is not transient, the rows are decided again one by one, each in a savepoint of
+    its own, and one that still fails is PARKED with its error and answered PAYMENT_DENIED: one
+    bad event never holds back the others. Transient errors (the database away, a serialization
+    failure, a deadlock) propagate: the caller runs the whole transaction again.
     """
     claimed = (
         await conn.execute(
@@ -128,41 +149,83 @@ async def process_received_events(conn: AsyncConnection, limit: int) -> int:
     ).all()
     if not claimed:
         return 0
+    try:
+        async with conn.begin_nested():
+            await _decide(conn, claimed, topic)
+    except Exception as batch_error:
+        if is_transient(batch_error):
+            raise
+        if len(claimed) == 1:
+            await _park(conn, claimed[0], batch_error, topic)
+            return 1
+        log.warning("a batch of %d order events failed (%r); deciding them one by one", len(claimed), batch_error)
+        for row in claimed:
+            try:
+                async with conn.begin_nested():
+                    await _decide(conn, [row], topic)
+            except Exception as error:
+                if is_transient(error):
+                    raise
+                await _park(conn, row, error, topic)
+    return len(claimed)
 
-    account_ids = sorted({row.account_id for row in claimed})
-    balances: dict[UUID, Decimal] = {
-        account_id: balance
-        for account_id, balance in await conn.execute(
-            select(accounts.c.id, accounts.c.balance)
+
+async def process_batch(engine: AsyncEngine, limit: int, *, topic: str, tracker: FailureTracker | None = None) -> int:
+    """The processor's step: one batch in one transaction, run again after a transient error."""
+    return await in_transaction(
+        engine,
+        lambda conn: process_received_events(conn, limit, topic=topic),
+        what="billing processor",
+        tracker=tracker,
+    )
+
+
+async def _decide(conn: AsyncConnection, rows: Sequence[Row[Any]], topic: str) -> None:
+    account_ids = sorted({row.account_id for row in rows})
+    held: dict[UUID, tuple[Decimal, Decimal]] = {
+        account_id: (balance, refundable)
+        for account_id, balance, refundable in await conn.execute(
+            select(accounts.c.id, accounts.c.balance, accounts.c.refundable)
             .where(accounts.c.id.in_(account_ids))
             .order_by(accounts.c.id)
             .with_for_update()
         )
     }
-    done: set[tuple[str, str]] = {
-        (order_number, kind)
-        for order_number, kind in await conn.execute(
-            select(ledger.c.order_number, ledger.c.kind).where(
-                ledger.c.order_number.in_({row.order_number for row in claimed}),
-                ledger.c.kind.in_([LedgerKind.PAYMENT.value, LedgerKind.REFUND.value]),
-            )
+    balances = {account_id: balance for account_id, (balance, _) in held.items()}
+    refundables = {account_id: refundable for account_id, (_, refundable) in held.items()}
+    # What the ledger says was paid (and refunded) for these orders: the only amounts we trust.
+    paid: dict[str, Decimal] = {}
+    refunded: set[str] = set()
+    for order_number, kind, amount in await conn.execute(
+        select(ledger.c.order_number, ledger.c.kind, ledger.c.amount).where(
+            ledger.c.order_number.in_({row.order_number for row in rows}),
+            ledger.c.kind.in_([LedgerKind.PAYMENT.value, LedgerKind.REFUND.value]),
         )
-    }
+    ):
+        if kind == LedgerKind.PAYMENT.value:
+            paid[order_number] = -amount
+        else:
+            refunded.add(order_number)
 
     entries: list[dict[str, Any]] = []
     results: list[dict[str, Any]] = []
-    for row in claimed:
+    events: list[dict[str, Any]] = []
+    for row in rows:
         decision = domain.decide(
             OrderEventType(row.event_type),
             account_id=row.account_id,
             amount=row.amount,
             balance=balances.get(row.account_id),
-            already_paid=(row.order_number, LedgerKind.PAYMENT.value) in done,
-            already_refunded=(row.order_number, LedgerKind.REFUND.value) in done,
+            paid=paid.get(row.order_number),
+            already_refunded=row.order_number in refunded,
         )
         if decision.ledger_kind is not None:
             balances[row.account_id] += decision.balance_change
-            done.add((row.order_number, decision.ledger_kind.value))
+            refundables[row.account_id] -= decision.balance_change
+            if decision.ledger_kind is LedgerKind.PAYMENT:
+                paid[row.order_number] = -decision.balance_change
+            else:
+                refunded.add(row.order_number)
             entries.append(
                 _entry(
                     row.account_id,
@@ -172,14 +235,16 @@ async def process_received_events(conn: AsyncConnection, limit: int) -> int:
                     row.order_number,
                 )
             )
+        result_id = uuid.uuid4()
         results.append(
             {
                 "b_event_id": row.event_id,
                 "b_status": decision.status.value,
                 "b_description": decision.description,
-                "b_result_event_id": uuid.uuid4(),
+                "b_result_event_id": result_id,
             }
         )
+        events.append(_result(topic, row, result_id, decision.status, decision.amount, decision.description))
 
     if entries:
         await _write_ledger(conn, entries)
@@ -187,9 +252,38 @@ async def process_received_events(conn: AsyncConnection, limit: int) -> int:
         await conn.execute(
             update(accounts)
             .where(accounts.c.id == bindparam("b_id"))
-            .values(balance=bindparam("b_balance"), updated_at=func.now()),
-            [{"b_id": account_id, "b_balance": balances[account_id]} for account_id in changed],
+            .values(balance=bindparam("b_balance"), refundable=bindparam("b_refundable"), updated_at=func.now()),
+            [
+                {"b_id": account_id, "b_balance": balances[account_id], "b_refundable": refundables[account_id]}
+                for account_id in changed
+            ],
         )
+    await _set_decided(conn, results)
+    await record(conn, outbox, events)
+
+
+async def _park(conn: AsyncConnection, row: Row[Any], error: BaseException, topic: str) -> None:
+    """Set one event aside with its error, and answer its order: PAYMENT_DENIED, nothing moved."""
+    reason = f"{type(error).__name__}: {error}"[:2000]
+    log.error("order event %s (%s, order %s) parked: %s", row.event_id, row.event_type, row.order_number, reason)
+    PARKED.labels("billing").inc()
+    result_id = uuid.uuid4()
+    await _set_decided(
+        conn,
+        [
+            {
+                "b_event_id": row.event_id,
+                "b_status": OrderEventStatus.PARKED.value,
+                "b_description": reason,
+                "b_result_event_id": result_id,
+            }
+        ],
+    )
+    description = domain.parked_description(OrderEventType(row.event_type))
+    await record(conn, outbox, [_result(topic, row, result_id, OrderEventStatus.PARKED, row.amount, description)])
+
+
+async def _set_decided(conn: AsyncConnection, results: list[dict[str, Any]]) -> None:
     await conn.execute(
         update(order_events)
         .where(order_events.c.event_id == bindparam("b_event_id"))
@@ -201,48 +295,23 @@ async def process_received_events(conn: AsyncConnection, limit: int) -> int:
         ),
         results,
     )
-    return len(claimed)
 
 
-class PaymentResultsSource:
-    """The relay's view of billing: processed inbox rows owe `payment.event` their result."""
-
-    name = "billing.payment-results"
-
-    def __init__(self, topic: str) -> None:
-        self.topic = topic
-
-    async def claim(self, conn: AsyncConnection, limit: int) -> Sequence[Row[Any]]:
-        return (
-            await conn.execute(
-                select(order_events)
-                .where(order_events.c.status.in_([s.value for s in domain.AWAITING_PUBLICATION]))
-                .order_by(order_events.c.seq)
-                .limit(limit)
-                .with_for_update(skip_locked=True)
-            )
-        ).all()
-
-    def message(self, row: Row[Any]) -> OutgoingMessage:
-        result = OrderEventStatus(row.status).result_event
-        assert result is not None, row.status  # claim() selects only rows that owe a result
-        event = PaymentEvent(
-            event_id=row.result_event_id,
-            payment_event_type=result,
-            account_id=row.account_id,
-            order_number=row.order_number,
-            amount=row.amount,
-            description=row.description,
-            occurred_at=row.processed_at,
-        )
-        return OutgoingMessage(self.topic, key=str(row.account_id).encode(), value=event.to_json())
-
-    async def mark_published(self, conn: AsyncConnection, rows: Sequence[Row[Any]]) -> None:
-        await conn.execute(
-            update(order_events)
-            .where(order_events.c.event_id.in_([row.event_id for row in rows]))
-            .values(status=OrderEventStatus.EXECUTED.value, executed_at=func.now())
-        )
+def _result(
+    topic: str, row: Row[Any], result_id: UUID, status: OrderEventStatus, amount: Decimal, description: str | None
+) -> dict[str, Any]:
+    result = status.result_event
+    assert result is not None, status  # only decided rows answer
+    event = PaymentEvent(
+        event_id=result_id,
+        payment_event_type=result,
+        account_id=row.account_id,
+        order_number=row.order_number,
+        amount=amount,
+        description=description,
+        occurred_at=datetime.now(UTC),
+    )
+    return outbox_row(result_id, topic, str(row.account_id), event.to_json())
 
 
 # -- helpers -----------------------------------------------------------------------------------

@@ -10,11 +10,18 @@ from alembic import context
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import create_async_engine
 
+from orbilnot.migrations.schema import TARGET_METADATA, include_name
 from orbilnot.shared.config import async_database_url
 
 
 def run_with(connection: Connection) -> None:
-    context.configure(connection=connection, target_metadata=None, transaction_per_migration=True)
+    context.configure(
+        connection=connection,
+        target_metadata=TARGET_METADATA,
+        include_schemas=True,
+        include_name=include_name,
+        transaction_per_migration=True,
+    )
     with context.begin_transaction():
         context.run_migrations()
 

@@ -11,7 +11,7 @@ import re
 from enum import StrEnum
 from uuid import UUID
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
 from pydantic.alias_generators import to_camel
 
 from orbilnot.shared.money import PositiveMoney
@@ -32,6 +32,13 @@ def parse_order_number(order_number: str) -> tuple[UUID, UUID]:
         raise ValueError(f"not an order number: {order_number!r}")
     account, order = order_number.split(":")
     return UUID(account), UUID(order)
+
+
+def _ensure_order_of_the_account(account_id: UUID, order_number: str) -> None:
+    # An order number is `{accountId}:{orderId}`: an event whose order number names another
+    # account than its own is refused here, so it is dead-lettered and never touches money.
+    if not order_number.lower().startswith(f"{account_id}:"):
+        raise ValueError("orderNumber names another account than accountId")
 
 
 class _Event(BaseModel):
@@ -56,6 +63,11 @@ class OrderEvent(_Event):
     amount: PositiveMoney
     occurred_at: AwareDatetime
 
+    @model_validator(mode="after")
+    def _order_of_the_account(self) -> OrderEvent:
+        _ensure_order_of_the_account(self.account_id, self.order_number)
+        return self
+
 
 # The `description` of a PAYMENT_DENIED for lack of money: the original's exact text, spelling
 # included, because clients compare it (SPEC §3).
@@ -78,3 +90,8 @@ class PaymentEvent(_Event):
     amount: PositiveMoney
     description: str | None = Field(default=None, max_length=1000)
     occurred_at: AwareDatetime
+
+    @model_validator(mode="after")
+    def _order_of_the_account(self) -> PaymentEvent:
+        _ensure_order_of_the_account(self.account_id, self.order_number)
+        return self

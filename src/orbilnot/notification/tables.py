@@ -1,6 +1,19 @@
-"""Notification's table, in the `notification_service` schema (the migrations create it)."""
+"""Notification's table, in the `notification_service` schema. The constraints are declared here,
+once; the migrations create the same (a test compares the two)."""
 
-from sqlalchemy import BigInteger, Column, DateTime, Identity, MetaData, Table, Text, Uuid, func
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    DateTime,
+    Identity,
+    Index,
+    MetaData,
+    Table,
+    Text,
+    UniqueConstraint,
+    Uuid,
+    func,
+)
 
 SCHEMA = "notification_service"
 metadata = MetaData(schema=SCHEMA)
@@ -20,4 +33,6 @@ notifications = Table(
     Column("title", Text, nullable=False),
     Column("body", Text, nullable=False),
     Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    UniqueConstraint("order_number", "notification_type", name="one_notice_per_outcome"),
+    Index("notifications_by_account", "account_id", "seq"),
 )

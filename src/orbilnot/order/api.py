@@ -66,7 +66,9 @@ async def place_order(
     ] = None,
 ) -> UUID:
     async with kernel.engine.begin() as conn:
-        order_id = await handlers.place_order(conn, body.account_id, body.amount, idempotency_key)
+        order_id = await handlers.place_order(
+            conn, body.account_id, body.amount, idempotency_key, topic=kernel.settings.order_event_topic
+        )
     kernel.wake_relays()
     return order_id
 
@@ -86,12 +88,15 @@ async def get_order(account_id: UUID, order_id: UUID, kernel: KernelDep) -> Orde
 
 @router.put(
     "",
-    summary="Change the amount of a NEW order",
-    responses={404: {}, 409: {"description": "The order is no longer NEW"}},
+    summary="Change the amount of a NEW order (its event never sent)",
+    responses={404: {}, 409: {"description": "The order is no longer NEW: it may already be charged"}},
 )
 async def amend_order(body: AmendOrderRequest, kernel: KernelDep) -> OrderResponse:
     async with kernel.engine.begin() as conn:
-        order = await handlers.amend_order(conn, body.account_id, body.order_number, body.amount)
+        order = await handlers.amend_order(
+            conn, body.account_id, body.order_number, body.amount, topic=kernel.settings.order_event_topic
+        )
+    kernel.wake_relays()  # the new amount's event
     return OrderResponse.model_validate(order)
 
 
@@ -103,12 +108,14 @@ async def amend_order(body: AmendOrderRequest, kernel: KernelDep) -> OrderRespon
         200: {"description": "Refund requested, or already under way or done: the order"},
         204: {"description": "The order was never charged and is gone"},
         404: {},
-        409: {"description": "Its payment is in progress"},
+        409: {"description": "Its payment is in progress (SENT): withdraw it once it is decided"},
     },
 )
 async def withdraw_order(body: WithdrawOrderRequest, kernel: KernelDep) -> OrderResponse | Response:
     async with kernel.engine.begin() as conn:
-        order = await handlers.withdraw_order(conn, body.account_id, body.order_number)
+        order = await handlers.withdraw_order(
+            conn, body.account_id, body.order_number, topic=kernel.settings.order_event_topic
+        )
     if order is None:
         return Response(status_code=204)
     kernel.wake_relays()

@@ -7,6 +7,7 @@ from fastapi import FastAPI
 from orbilnot.model import PaymentEvent
 from orbilnot.order import handlers
 from orbilnot.order.api import router
+from orbilnot.order.tables import outbox
 from orbilnot.shared.config import ServiceSettings
 from orbilnot.shared.service import ServiceKernel, create_service_app
 
@@ -14,7 +15,7 @@ from orbilnot.shared.service import ServiceKernel, create_service_app
 def build_kernel(settings: ServiceSettings) -> ServiceKernel:
     kernel = ServiceKernel(settings, service="order")
     # seed: SendOrderEventMessagesToTopicScheduler — woken by each commit that creates work.
-    kernel.relay(handlers.OrderEventsSource(settings.order_event_topic))
+    kernel.relay("order.outbox", outbox, on_attempt=handlers.mark_attempted)
     # seed: PaymentEventListener.
     kernel.consumer(settings.payment_event_topic, PaymentEvent, handlers.apply_payment_result)
     return kernel

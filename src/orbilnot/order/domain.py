@@ -1,18 +1,21 @@
 """An order's life, with no database, web or Kafka in sight.
 
-    NEW ──(CREATED published)──▶ SENT ──(PAYMENT_CONFIRMED)──▶ CONFIRMED
-                                      └─(PAYMENT_DENIED)────▶ CANCELLED
+    NEW ──(relay attempts CREATED)──▶ SENT ──(PAYMENT_CONFIRMED)──▶ CONFIRMED
+                                          └─(PAYMENT_DENIED)────▶ CANCELLED
     CONFIRMED ──(DELETE)──▶ REFUND_PENDING ──(REFUNDED)──▶ REFUNDED
+                                           └─(PAYMENT_DENIED: refund refused)──▶ CONFIRMED
 
-An order that owes `order.event` a message carries it as a pending event (type and id, fixed
-when the transition happens); the relay publishes it and calls `published`.
+`NEW` means one thing: the order's CREATED event was never handed to Kafka. The relay records
+its attempt (and moves the order to SENT) in a transaction it commits *before* sending, so an
+order that may have been charged is never NEW: it cannot be amended, and DELETE goes through the
+saga (409 while the payment is decided, then a refund) instead of removing it.
 """
 
 from __future__ import annotations
 
 from enum import Enum, StrEnum
 
-from orbilnot.model import OrderEventType, PaymentEventType
+from orbilnot.model import PaymentEventType
 from orbilnot.shared.errors import Conflict
 
 
@@ -25,42 +28,37 @@ class OrderStatus(StrEnum):
     REFUNDED = "REFUNDED"
 
 
-FINAL_STATUSES = frozenset({OrderStatus.CONFIRMED, OrderStatus.CANCELLED, OrderStatus.REFUNDED})
-
-
-def published(status: OrderStatus, event: OrderEventType) -> OrderStatus:
-    """The broker acknowledged the order's pending event."""
-    if status is OrderStatus.NEW and event is OrderEventType.CREATED:
-        return OrderStatus.SENT
-    return status
-
-
 def payment_result(status: OrderStatus, result: PaymentEventType) -> OrderStatus | None:
     """The status a payment result moves the order to, or None when it does not apply.
 
-    A result for a NEW order is accepted like one for a SENT order: the relay published CREATED
-    but had not yet recorded the broker's ack (or crashed before it could). The result proves the
-    event went out, and refusing it would leave the order waiting for an answer already given.
+    Billing's ledger is the truth about money, so its word settles the order: a refund it made is
+    recorded even if this order never asked for it (a CANCELLED forged on the topic still only
+    returns what was paid, and the order must then say REFUNDED, not CONFIRMED); a refund it
+    refused (nothing was charged, or the event could not be processed) leaves the order CONFIRMED,
+    which the user is told and may withdraw again. A result for a NEW order cannot be genuine (its
+    CREATED was never sent) and is ignored.
     """
-    if status in (OrderStatus.NEW, OrderStatus.SENT):
+    if status is OrderStatus.SENT:
         if result is PaymentEventType.PAYMENT_CONFIRMED:
             return OrderStatus.CONFIRMED
         if result is PaymentEventType.PAYMENT_DENIED:
             return OrderStatus.CANCELLED
-    if status is OrderStatus.REFUND_PENDING and result is PaymentEventType.REFUNDED:
+    if status in (OrderStatus.REFUND_PENDING, OrderStatus.CONFIRMED) and result is PaymentEventType.REFUNDED:
         return OrderStatus.REFUNDED
+    if status is OrderStatus.REFUND_PENDING and result is PaymentEventType.PAYMENT_DENIED:
+        return OrderStatus.CONFIRMED
     return None
 
 
 def ensure_amendable(status: OrderStatus) -> None:
     if status is not OrderStatus.NEW:
-        raise Conflict(f"order is {status}; only a NEW order can be changed")
+        raise Conflict(f"order is {status}; only a NEW order (its event never sent) can be changed")
 
 
 class Withdrawal(Enum):
     """What DELETE does to an order."""
 
-    REMOVE = "remove"  # never charged: the row goes
+    REMOVE = "remove"  # surely never charged: the row goes (with its unsent event, if any)
     REFUND = "refund"  # charged: ask billing for the money back (CANCELLED event)
     NOTHING = "nothing"  # a refund is already under way or done: repeating changes nothing
 

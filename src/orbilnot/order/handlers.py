@@ -8,22 +8,22 @@ import logging
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 from uuid import UUID
 
-from sqlalchemy import Row, bindparam, delete, func, select, update
+from sqlalchemy import Row, delete, func, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from orbilnot.model import OrderEvent, OrderEventType, PaymentEvent, order_number_of, parse_order_number
 from orbilnot.order import domain
 from orbilnot.order.domain import OrderStatus, Withdrawal
-from orbilnot.order.tables import orders, processed_events
+from orbilnot.order.tables import orders, outbox, processed_events
 from orbilnot.shared.errors import Conflict, NotFound
+from orbilnot.shared.outbox import outbox_row, record
 from orbilnot.shared.pagination import DEFAULT_LIMIT, Page, lock_account_list
-from orbilnot.shared.relay import OutgoingMessage
 
 log = logging.getLogger(__name__)
 
@@ -53,27 +53,28 @@ class Order:
 
 
 async def place_order(
-    conn: AsyncConnection, account_id: UUID, amount: Decimal, idempotency_key: str | None = None
+    conn: AsyncConnection, account_id: UUID, amount: Decimal, idempotency_key: str | None = None, *, topic: str
 ) -> UUID:
-    """Commit a NEW order that owes `order.event` its CREATED event.
+    """Commit a NEW order and, in its outbox, the CREATED event it owes `topic`.
 
     With an idempotency key, a repeat of the same request from the same account returns the
     first order's id; the unique index on (account, key) settles a race between two identical
     requests. Keys of different accounts never meet.
     """
     order_id = uuid.uuid4()
+    event_id = uuid.uuid4()
     fingerprint = _fingerprint(account_id, amount) if idempotency_key else None
+    order_number = order_number_of(account_id, order_id)
     await lock_account_list(conn, ORDERS_LIST, account_id)  # its place in the account's list
     inserted = await conn.scalar(
         pg_insert(orders)
         .values(
             id=order_id,
             account_id=account_id,
-            order_number=order_number_of(account_id, order_id),
+            order_number=order_number,
             amount=amount,
             status=OrderStatus.NEW.value,
-            pending_event_type=OrderEventType.CREATED.value,
-            pending_event_id=uuid.uuid4(),
+            created_event_id=event_id,
             idempotency_key=idempotency_key,
             request_fingerprint=fingerprint,
         )
@@ -84,6 +85,7 @@ async def place_order(
         .returning(orders.c.id)
     )
     if inserted is not None:
+        await _record(conn, topic, event_id, OrderEventType.CREATED, account_id, order_number, amount)
         return order_id
     first = (
         await conn.execute(
@@ -115,25 +117,36 @@ async def get_order(conn: AsyncConnection, account_id: UUID, order_id: UUID) -> 
     return Order.of(row)
 
 
-async def amend_order(conn: AsyncConnection, account_id: UUID, order_number: str, amount: Decimal) -> Order:
+async def amend_order(
+    conn: AsyncConnection, account_id: UUID, order_number: str, amount: Decimal, *, topic: str
+) -> Order:
+    """PUT: change the amount of an order whose CREATED was never sent. Its unsent event is
+    replaced by one with the new amount (events are immutable snapshots, never edited)."""
     row = await _lock_order(conn, account_id, order_number)
     domain.ensure_amendable(OrderStatus(row.status))
+    event_id = uuid.uuid4()
+    await conn.execute(delete(outbox).where(outbox.c.event_id == row.created_event_id))
     changed = (
         await conn.execute(
             update(orders)
             .where(orders.c.id == row.id)
-            .values(amount=amount, updated_at=func.now())
+            .values(amount=amount, created_event_id=event_id, updated_at=func.now())
             .returning(*orders.c)
         )
     ).one()
+    await _record(conn, topic, event_id, OrderEventType.CREATED, account_id, order_number, amount)
     return Order.of(changed)
 
 
-async def withdraw_order(conn: AsyncConnection, account_id: UUID, order_number: str) -> Order | None:
-    """DELETE: remove an order never charged (None), or start its refund, at most once."""
+async def withdraw_order(conn: AsyncConnection, account_id: UUID, order_number: str, *, topic: str) -> Order | None:
+    """DELETE: remove an order surely never charged (None), or start its refund, at most once."""
     row = await _lock_order(conn, account_id, order_number)
     action = domain.withdrawal(OrderStatus(row.status))
     if action is Withdrawal.REMOVE:
+        if row.status == OrderStatus.NEW:
+            # Its CREATED was never attempted (the outbox row is locked, so no relay holds it):
+            # it goes with the order, and billing never hears of either.
+            await conn.execute(delete(outbox).where(outbox.c.event_id == row.created_event_id))
         await conn.execute(delete(orders).where(orders.c.id == row.id))
         return None
     if action is Withdrawal.NOTHING:
@@ -142,35 +155,70 @@ async def withdraw_order(conn: AsyncConnection, account_id: UUID, order_number: 
         await conn.execute(
             update(orders)
             .where(orders.c.id == row.id)
-            .values(
-                status=OrderStatus.REFUND_PENDING.value,
-                pending_event_type=OrderEventType.CANCELLED.value,
-                pending_event_id=uuid.uuid4(),
-                updated_at=func.now(),
-            )
+            .values(status=OrderStatus.REFUND_PENDING.value, updated_at=func.now())
             .returning(*orders.c)
         )
     ).one()
+    await _record(conn, topic, uuid.uuid4(), OrderEventType.CANCELLED, account_id, order_number, row.amount)
     return Order.of(refunding)
 
 
 async def _lock_order(conn: AsyncConnection, account_id: UUID, order_number: str) -> Row[Any]:
-    """Lock the order row. If the relay is publishing it right now, this waits for its commit,
-    so what we then see already says whether the event went out."""
+    """Lock the order row, and first the outbox row of its CREATED event while that is unsent.
+
+    The relay locks outbox rows and then, in the same transaction, moves their orders NEW → SENT;
+    taking the two locks in the same order here means we never deadlock with it, and if a relay
+    is claiming this order's event right now we wait for its commit: what we then read says
+    whether the event may be out (SENT) or surely is not (NEW).
+    """
     try:
         owner, _ = parse_order_number(order_number)
     except ValueError:
         raise NotFound(f"order {order_number} not found") from None
-    row = (
-        await conn.execute(
-            select(orders)
-            .where(orders.c.order_number == order_number, orders.c.account_id == account_id)
-            .with_for_update()
-        )
-    ).first()
-    if row is None or owner != account_id:
+    if owner != account_id:
         raise NotFound(f"order {order_number} of account {account_id} not found")
-    return row
+    where = (orders.c.order_number == order_number, orders.c.account_id == account_id)
+    for _ in range(5):
+        event_id = await conn.scalar(
+            select(orders.c.created_event_id).where(*where, orders.c.status == OrderStatus.NEW)
+        )
+        if event_id is None:  # not NEW (it never becomes NEW again), or no such order
+            row = (await conn.execute(select(orders).where(*where).with_for_update())).first()
+            if row is None:
+                raise NotFound(f"order {order_number} of account {account_id} not found")
+            return row
+        # A savepoint, so that if a concurrent PUT replaced the event meanwhile we can let go of
+        # both locks (rolling back to it releases them) and take them again in the right order.
+        savepoint = await conn.begin_nested()
+        await conn.execute(select(outbox.c.id).where(outbox.c.event_id == event_id).with_for_update())
+        row = (await conn.execute(select(orders).where(*where).with_for_update())).first()
+        if row is None or row.status != OrderStatus.NEW or row.created_event_id == event_id:
+            await savepoint.commit()
+            if row is None:
+                raise NotFound(f"order {order_number} of account {account_id} not found")
+            return row
+        await savepoint.rollback()
+    raise Conflict("the order is being changed by another request; try again")
+
+
+async def _record(
+    conn: AsyncConnection,
+    topic: str,
+    event_id: UUID,
+    event_type: OrderEventType,
+    account_id: UUID,
+    order_number: str,
+    amount: Decimal,
+) -> None:
+    event = OrderEvent(
+        event_id=event_id,
+        event_type=event_type,
+        account_id=account_id,
+        order_number=order_number,
+        amount=amount,
+        occurred_at=datetime.now(UTC),
+    )
+    await record(conn, outbox, [outbox_row(event_id, topic, str(account_id), event.to_json())])
 
 
 def _fingerprint(account_id: UUID, amount: Decimal) -> str:
@@ -183,7 +231,8 @@ def _fingerprint(account_id: UUID, amount: Decimal) -> str:
 async def apply_payment_result(conn: AsyncConnection, event: PaymentEvent) -> None:
     """seed: PaymentEventListener. Each payment event moves its order once; a redelivery is
     dropped by the inbox's primary key, a result that does not fit the order's status is a
-    logged no-op."""
+    logged no-op. (The consumer has already refused an event whose order number names another
+    account than its `accountId`.)"""
     first_time = await conn.scalar(
         pg_insert(processed_events)
         .values(event_id=event.event_id)
@@ -208,56 +257,16 @@ async def apply_payment_result(conn: AsyncConnection, event: PaymentEvent) -> No
             event.event_id, event.payment_event_type, event.order_number, current,
         )  # fmt: skip
         return
-    # The result answers the event the order was waiting on, so nothing is pending any more.
     await conn.execute(
-        update(orders)
-        .where(orders.c.id == row.id)
-        .values(status=new_status.value, pending_event_type=None, pending_event_id=None, updated_at=func.now())
+        update(orders).where(orders.c.id == row.id).values(status=new_status.value, updated_at=func.now())
     )
 
 
-class OrderEventsSource:
-    """The relay's view of orders: rows with a pending event owe `order.event` a message."""
-
-    name = "order.order-events"
-
-    def __init__(self, topic: str) -> None:
-        self.topic = topic
-
-    async def claim(self, conn: AsyncConnection, limit: int) -> Sequence[Row[Any]]:
-        return (
-            await conn.execute(
-                select(orders)
-                .where(orders.c.pending_event_id.is_not(None))
-                .order_by(orders.c.seq)
-                .limit(limit)
-                .with_for_update(skip_locked=True)
-            )
-        ).all()
-
-    def message(self, row: Row[Any]) -> OutgoingMessage:
-        event = OrderEvent(
-            event_id=row.pending_event_id,
-            event_type=OrderEventType(row.pending_event_type),
-            account_id=row.account_id,
-            order_number=row.order_number,
-            amount=row.amount,
-            occurred_at=row.updated_at,
-        )
-        return OutgoingMessage(self.topic, key=str(row.account_id).encode(), value=event.to_json())
-
-    async def mark_published(self, conn: AsyncConnection, rows: Sequence[Row[Any]]) -> None:
-        await conn.execute(
-            update(orders)
-            .where(orders.c.id == bindparam("b_id"))
-            .values(
-                status=bindparam("b_status"), pending_event_type=None, pending_event_id=None, updated_at=func.now()
-            ),
-            [
-                {
-                    "b_id": row.id,
-                    "b_status": domain.published(OrderStatus(row.status), OrderEventType(row.pending_event_type)).value,
-                }
-                for row in rows
-            ],
-        )
+async def mark_attempted(conn: AsyncConnection, claimed: Sequence[Row[Any]]) -> None:
+    """The relay's `on_attempt`: in the transaction that records its attempt, before it sends,
+    the orders whose CREATED it claimed move NEW → SENT (they may be charged from now on)."""
+    await conn.execute(
+        update(orders)
+        .where(orders.c.created_event_id.in_([row.event_id for row in claimed]), orders.c.status == OrderStatus.NEW)
+        .values(status=OrderStatus.SENT.value, updated_at=func.now())
+    )

@@ -1,14 +1,30 @@
-"""Order's tables, all in the `order_service` schema (the migrations create them)."""
+"""Order's tables, all in the `order_service` schema. The constraints are declared here, once;
+the migrations create the same (a test compares the two)."""
 
-from sqlalchemy import BigInteger, Column, DateTime, Identity, Index, MetaData, Numeric, Table, Text, Uuid, func, text
+from sqlalchemy import (
+    BigInteger,
+    CheckConstraint,
+    Column,
+    DateTime,
+    Identity,
+    Index,
+    MetaData,
+    Numeric,
+    Table,
+    Text,
+    Uuid,
+    func,
+    text,
+)
+
+from orbilnot.shared.outbox import outbox_table
 
 SCHEMA = "order_service"
 metadata = MetaData(schema=SCHEMA)
 
-# The order row is also its own outbox: `pending_event_type`/`pending_event_id` say which event
-# it still owes `order.event`. The relay claims such rows with SKIP LOCKED and clears them once
-# the broker acknowledged. Amending or deleting an order locks the same row, so neither can slip
-# in between "published" and "marked SENT".
+# `created_event_id` names the outbox row of the order's CREATED event: while that row was never
+# attempted the order is NEW and may still be amended or deleted (the row with it); the relay's
+# attempt moves the order to SENT in the same transaction.
 orders = Table(
     "orders",
     metadata,
@@ -18,12 +34,16 @@ orders = Table(
     Column("order_number", Text, nullable=False, unique=True),
     Column("amount", Numeric(14, 2), nullable=False),
     Column("status", Text, nullable=False),
-    Column("pending_event_type", Text),
-    Column("pending_event_id", Uuid, unique=True),
+    Column("created_event_id", Uuid, unique=True),
     Column("idempotency_key", Text),
     Column("request_fingerprint", Text),
     Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
     Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    CheckConstraint("amount > 0", name="order_amount_positive"),
+    CheckConstraint(
+        "status IN ('NEW','SENT','CONFIRMED','CANCELLED','REFUND_PENDING','REFUNDED')", name="order_status_known"
+    ),
+    Index("orders_by_account", "account_id", "seq"),
     # An Idempotency-Key is the client's name for one request of one account (migration 0004).
     Index(
         "idempotency_key_per_account",
@@ -42,3 +62,6 @@ processed_events = Table(
     Column("event_id", Uuid, primary_key=True),
     Column("processed_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
 )
+
+# Every event the order service owes `order.event` (CREATED, CANCELLED), see shared/outbox.py.
+outbox = outbox_table(metadata)

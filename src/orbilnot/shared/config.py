@@ -39,6 +39,8 @@ class ServiceSettings(ProcessSettings):
     safety_net_poll_s: float = Field(default=1.0, gt=0)
     relay_batch_size: int = Field(default=200, ge=1)
     consumer_batch_size: int = Field(default=500, ge=1)
+    # A relay, processor or consumer failing for longer than this makes /health/ready say 503.
+    stuck_after_s: float = Field(default=30.0, gt=0)
 
     @field_validator("database_url")
     @classmethod

@@ -10,10 +10,12 @@ For each batch polled from Kafka:
 3. only after that commit are the offsets committed to Kafka. A crash in between means the batch
    is delivered again, and step 2 drops what was already stored.
 
-When the database is unreachable the batch is retried, with backoff, until it is stored (the
-offsets stay put, so nothing is skipped). When a batch fails for any other reason, its events are
-retried one per transaction, and one that still fails on its own goes to the dead-letter topic:
-a bad event must not stop the partition behind it.
+When the database is unreachable, or the transaction lost a race with another one (a
+serialization failure, a deadlock), the batch is retried with backoff until it is stored (the
+offsets stay put, so nothing is skipped); such errors are never blamed on an event. When a batch
+fails for any other reason, its events are retried one per transaction, and one that still fails
+on its own goes to the dead-letter topic with its error (counted in
+`orbilnot_consumer_dead_letters_total`): a bad event must not stop the partition behind it.
 """
 
 from __future__ import annotations
@@ -25,14 +27,15 @@ from collections.abc import Awaitable, Callable
 from typing import Generic, TypeVar
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.errors import CommitFailedError, KafkaError
+from aiokafka.errors import CommitFailedError
 from aiokafka.structs import ConsumerRecord
 from prometheus_client import Counter
 from pydantic import BaseModel, ValidationError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from orbilnot.shared.db import database_is_up, is_connection_problem
+from orbilnot.shared.db import database_is_up, is_transient
 from orbilnot.shared.kafka import ProducerHandle, create_consumer, send_to_dead_letter
+from orbilnot.shared.retry import FailureTracker, backoff
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +44,10 @@ DEAD_LETTERED = Counter("orbilnot_consumer_dead_letters_total", "Messages sent t
 
 Event = TypeVar("Event", bound=BaseModel)
 Handler = Callable[[AsyncConnection, Event], Awaitable[None]]
+
+
+class DatabaseDown(Exception):
+    """A statement failed while the database did not answer at all: the outage, not the event."""
 
 
 class IdempotentConsumer(Generic[Event]):
@@ -71,6 +78,7 @@ class IdempotentConsumer(Generic[Event]):
         self._consumer: AIOKafkaConsumer | None = None
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
+        self.tracker = FailureTracker(f"consumer:{topic}")
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -93,39 +101,40 @@ class IdempotentConsumer(Generic[Event]):
         return self._task is not None and not self._task.done()
 
     async def _run(self) -> None:
-        backoff_s = 0.2
-        while not self._stopping:
-            try:
-                self._consumer = create_consumer(
-                    self.topic,
-                    bootstrap_servers=self._bootstrap_servers,
-                    group_id=self.group_id,
-                    client_id=self._client_id,
-                )
-                await self._consumer.start()
-                backoff_s = 0.2
-                while not self._stopping:
-                    await self._poll_once(self._consumer)
-            except Exception as error:
-                # Not only KafkaError and OSError: a broker killed mid-request also comes out of
-                # getmany() as a RuntimeError of the closed transport ("the handler is closed").
-                # Whatever it is, a fresh consumer cures it; letting the task die would leave this
-                # replica consuming nothing, and unready, for good (issue 4, scenario 3).
-                unexpected = not isinstance(error, (KafkaError, OSError))
-                log.warning(
-                    "consumer of %s lost Kafka (%r); reconnecting in %.1fs",
-                    self.topic,
-                    error,
-                    backoff_s,
-                    exc_info=unexpected,
-                )
-                await asyncio.sleep(backoff_s)
-                backoff_s = min(backoff_s * 2, 5.0)
-            finally:
-                if self._consumer is not None:
-                    with contextlib.suppress(Exception):
-                        await self._consumer.stop()
-                    self._consumer = None
+        # Not only KafkaError and OSError: a broker killed mid-request also comes out of getmany()
+        # as a RuntimeError of the closed transport ("the handler is closed"). Whatever it is, a
+        # fresh consumer cures it; letting the task die would leave this replica consuming
+        # nothing, and unready, for good (issue 4, scenario 3).
+        try:
+            async for attempt in backoff(
+                f"consumer of {self.topic}",
+                retry_on=lambda _: not self._stopping,
+                tracker=self.tracker,
+                give_up=lambda: self._stopping,
+            ):
+                with attempt:
+                    await self._consume()
+        except Exception:
+            if not self._stopping:
+                raise
+            log.warning("consumer of %s stopped while failing", self.topic, exc_info=True)
+
+    async def _consume(self) -> None:
+        self._consumer = create_consumer(
+            self.topic,
+            bootstrap_servers=self._bootstrap_servers,
+            group_id=self.group_id,
+            client_id=self._client_id,
+        )
+        try:
+            await self._consumer.start()
+            while not self._stopping:
+                await self._poll_once(self._consumer)
+                self.tracker.succeeded()
+        finally:
+            with contextlib.suppress(Exception):
+                await self._consumer.stop()
+            self._consumer = None
 
     # -- one batch ---------------------------------------------------------------------------
 
@@ -167,24 +176,30 @@ class IdempotentConsumer(Generic[Event]):
                 await self._store([one])
 
     async def _store_until_stored(self, events: list[tuple[ConsumerRecord, Event]]) -> None:
-        """One transaction for the batch; retried while the database is unreachable."""
-        backoff_s = 0.1
-        while True:
+        """One transaction for the batch; run again while the database is away or the
+        transaction lost a race (serialization failure, deadlock)."""
+
+        async def store(conn: AsyncConnection) -> None:
             try:
-                async with self._engine.begin() as conn:
-                    for _, event in events:
-                        await self._handle(conn, event)
-                CONSUMED.labels(self.topic, self.group_id).inc(len(events))
-                return
+                for _, event in events:
+                    await self._handle(conn, event)
             except Exception as error:
-                # An error not known as a connection problem, while the database does not even
-                # answer `SELECT 1`, is still the outage and not the events' fault: dead-lettering
-                # them would lose them for the saga, so retry those too.
-                if not is_connection_problem(error) and await database_is_up(self._engine):
-                    raise
-                log.warning("database unavailable while storing from %s (%s); retrying", self.topic, error)
-                await asyncio.sleep(backoff_s)
-                backoff_s = min(backoff_s * 2, 5.0)
+                # An error not known as transient, while the database does not even answer
+                # `SELECT 1`, is still the outage and not the events' fault: dead-lettering them
+                # would lose them for the saga, so it is retried like the outage it is.
+                if not is_transient(error) and not await database_is_up(self._engine):
+                    raise DatabaseDown(repr(error)) from error
+                raise
+
+        async for attempt in backoff(
+            f"storing from {self.topic}",
+            retry_on=lambda error: is_transient(error) or isinstance(error, DatabaseDown),
+            tracker=self.tracker,
+        ):
+            with attempt:
+                async with self._engine.begin() as conn:
+                    await store(conn)
+        CONSUMED.labels(self.topic, self.group_id).inc(len(events))
 
     async def _dead_letter(self, record: ConsumerRecord, error: str) -> None:
         log.error("dead-lettering %s[%d]@%d: %s", record.topic, record.partition, record.offset, error[:500])

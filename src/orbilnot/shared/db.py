@@ -59,13 +59,28 @@ def is_connection_problem(error: BaseException) -> bool:
     # "the database system is starting up / not yet accepting connections" (57P03) that every
     # connect gets while a restarted PostgreSQL runs recovery: only the SQLSTATE tells them apart.
     # Missing it, the consumer dead-lettered every event it took during a restart (issue 4).
-    sqlstate = getattr(getattr(error, "orig", None), "sqlstate", None) or getattr(error, "sqlstate", None)
-    if isinstance(sqlstate, str) and sqlstate.startswith(UNAVAILABLE_SQLSTATES):
+    sqlstate = _sqlstate(error)
+    if sqlstate is not None and sqlstate.startswith(UNAVAILABLE_SQLSTATES):
         return True
     # PoolTimeout: no pooled connection came free in time (the server is slow or reconnecting),
     # which says nothing against the statement either.
     return isinstance(error, (OperationalError, InterfaceError, OSError, TimeoutError, ConnectionError, PoolTimeout))
 
+
+def is_transient(error: BaseException) -> bool:
+    """True when trying the same work again may well succeed: the database was unreachable, or
+    PostgreSQL aborted the transaction to settle a conflict with another one (a serialization
+    failure or a deadlock). Such errors are retried with backoff, never blamed on an event."""
+    return _sqlstate(error) in CONFLICT_SQLSTATES or is_connection_problem(error)
+
+
+def _sqlstate(error: BaseException) -> str | None:
+    sqlstate = getattr(getattr(error, "orig", None), "sqlstate", None) or getattr(error, "sqlstate", None)
+    return sqlstate if isinstance(sqlstate, str) else None
+
+
+CONFLICT_SQLSTATES = frozenset({"40001", "40P01"})
+"""serialization_failure and deadlock_detected: the transaction lost a race; run it again."""
 
 UNAVAILABLE_SQLSTATES = (
     "08",  # connection exception (class 08): refused, broken, does not exist

@@ -12,7 +12,7 @@ import logging
 import sys
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from contextvars import ContextVar
 
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Counter, Histogram, generate_latest
@@ -112,13 +112,17 @@ class RequestContextMiddleware:
             request_id_var.reset(token)
 
 
-ReadinessCheck = Callable[[], Awaitable[dict[str, bool]]]
+ReadinessCheck = Callable[[], Awaitable[Mapping[str, bool | str]]]
+"""One entry per dependency or loop: True when fine, False or a sentence saying what is wrong."""
 
 
-def health_routes(readiness: ReadinessCheck | None = None) -> list[Route]:
+def health_routes(
+    readiness: ReadinessCheck | None = None, before_scrape: Callable[[], Awaitable[None]] | None = None
+) -> list[Route]:
     """Routes for `/health/live`, `/health/ready` and `/metrics`.
 
-    `readiness` returns one boolean per dependency; any False answers 503 with the details.
+    `readiness` returns one entry per dependency; anything but True answers 503 with the details.
+    `before_scrape` refreshes gauges that are measured when asked for (backlog ages).
     """
 
     async def live(_: Request) -> Response:
@@ -126,10 +130,12 @@ def health_routes(readiness: ReadinessCheck | None = None) -> list[Route]:
 
     async def ready(_: Request) -> Response:
         checks = await readiness() if readiness else {}
-        ok = all(checks.values())
+        ok = all(value is True for value in checks.values())
         return JSONResponse({"status": "UP" if ok else "DOWN", "checks": checks}, status_code=200 if ok else 503)
 
     async def metrics(_: Request) -> Response:
+        if before_scrape is not None:
+            await before_scrape()
         return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
 
     return [

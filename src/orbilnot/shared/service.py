@@ -13,13 +13,16 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
+from datetime import UTC, datetime
 from typing import Annotated, Any, TypeVar
 
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from prometheus_client import Gauge
 from pydantic import BaseModel
+from sqlalchemy import Column, ColumnElement, Select, Table, func, select
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -36,13 +39,18 @@ from orbilnot.shared.observability import (
     StripTrailingSlashMiddleware,
     health_routes,
 )
-from orbilnot.shared.relay import OutboxRelay, OutboxSource
+from orbilnot.shared.relay import OnAttempt, OutboxRelay
+from orbilnot.shared.retry import backoff
 from orbilnot.shared.worker import Step, Worker
 
 log = logging.getLogger(__name__)
 
 Event = TypeVar("Event", bound=BaseModel)
-Row = TypeVar("Row")
+
+BACKLOG_ROWS = Gauge("orbilnot_backlog_rows", "Rows waiting in an outbox or inbox, at the last scrape", ["queue"])
+BACKLOG_OLDEST_AGE = Gauge(
+    "orbilnot_backlog_oldest_age_seconds", "Age of the oldest row waiting in an outbox or inbox", ["queue"]
+)
 
 
 class ServiceKernel:
@@ -52,7 +60,8 @@ class ServiceKernel:
         self.engine = create_engine(settings, application_name=f"orbilnot-{service}")
         self.producer = ProducerHandle(settings.kafka_bootstrap_servers, client_id=f"orbilnot-{service}")
         self._workers: list[Worker] = []
-        self._relays: list[OutboxRelay[Any]] = []
+        self._relays: list[OutboxRelay] = []
+        self._backlogs: list[tuple[str, Select[int, Any]]] = []
         self._consumers: list[IdempotentConsumer[Any]] = []
         self._topics = [
             settings.order_event_topic,
@@ -64,17 +73,24 @@ class ServiceKernel:
 
     # -- wiring (called by each service's composition root) ---------------------------------
 
-    def relay(self, source: OutboxSource[Row]) -> OutboxRelay[Row]:
+    def relay(self, name: str, outbox: Table, *, on_attempt: OnAttempt | None = None) -> OutboxRelay:
         relay = OutboxRelay(
-            source,
+            name,
+            outbox,
             engine=self.engine,
             producer=self.producer,
             batch_size=self.settings.relay_batch_size,
             poll_interval_s=self.settings.safety_net_poll_s,
+            on_attempt=on_attempt,
         )
         self._workers.append(relay.worker)
         self._relays.append(relay)
+        self.backlog(name, outbox.c.created_at, outbox.c.published_at.is_(None))
         return relay
+
+    def backlog(self, name: str, created_at: Column[Any], waiting: ColumnElement[bool]) -> None:
+        """Report how many rows wait (`waiting`) and how old the oldest is, at each scrape."""
+        self._backlogs.append((name, select(func.count(), func.min(created_at)).where(waiting)))
 
     def wake_relays(self) -> None:
         """Say, right after a commit, that there may be something new to publish."""
@@ -115,20 +131,14 @@ class ServiceKernel:
         self._kafka_task = asyncio.create_task(self._connect_kafka_then_start(), name="kafka-connect")
 
     async def _connect_kafka_then_start(self) -> None:
-        backoff_s = 0.2
-        while True:
-            try:
+        async for attempt in backoff("connecting to Kafka", retry_on=lambda _: True):
+            with attempt:
                 await ensure_topics(
                     self.settings.kafka_bootstrap_servers,
                     self._topics,
                     partitions=self.settings.topic_partitions,
                 )
                 await self.producer.connect()
-                break
-            except Exception as error:
-                log.warning("Kafka not reachable yet (%s); retrying in %.1fs", error, backoff_s)
-                await asyncio.sleep(backoff_s)
-                backoff_s = min(backoff_s * 2, 5.0)
         for worker in self._workers:
             worker.start()
         for consumer in self._consumers:
@@ -146,11 +156,34 @@ class ServiceKernel:
         await self.producer.close()
         await self.engine.dispose()
 
-    async def readiness(self) -> dict[str, bool]:
-        return {
+    async def readiness(self) -> dict[str, bool | str]:
+        checks: dict[str, bool | str] = {
             "database": await database_is_up(self.engine),
             "kafka": self.producer.connected and all(c.running for c in self._consumers),
         }
+        # A loop that keeps failing is not "up" even if the database answers `SELECT 1`: its
+        # work (payments, results, notifications) is not getting done. Say which and why.
+        threshold = self.settings.stuck_after_s
+        trackers = [w.tracker for w in self._workers] + [c.tracker for c in self._consumers]
+        stuck = [
+            f"{t.name} failing for {t.failing_for():.0f}s: {t.last_error}"
+            for t in trackers
+            if t.failing_for() > threshold
+        ]
+        checks["loops"] = "; ".join(stuck) if stuck else True
+        return checks
+
+    async def measure_backlogs(self) -> None:
+        """Refresh the backlog gauges (rows waiting, age of the oldest) before a scrape."""
+        try:
+            async with asyncio.timeout(2.0), self.engine.connect() as conn:
+                for name, query in self._backlogs:
+                    waiting, oldest = (await conn.execute(query)).one()
+                    BACKLOG_ROWS.labels(name).set(waiting)
+                    age = 0.0 if oldest is None else max(0.0, (datetime.now(UTC) - oldest).total_seconds())
+                    BACKLOG_OLDEST_AGE.labels(name).set(age)
+        except (TimeoutError, OSError, DBAPIError) as error:
+            log.warning("could not measure backlogs: %r", error)
 
 
 async def _kernel_of(request: Request) -> ServiceKernel:
@@ -199,11 +232,16 @@ def create_service_app(
     for router in routers:
         app.include_router(router, prefix=prefix)
 
-    async def readiness() -> dict[str, bool]:
+    async def readiness() -> dict[str, bool | str]:
         kernel: ServiceKernel | None = getattr(app.state, "kernel", None)
         return await kernel.readiness() if kernel else {"started": False}
 
-    app.router.routes.extend(health_routes(readiness))
+    async def before_scrape() -> None:
+        kernel: ServiceKernel | None = getattr(app.state, "kernel", None)
+        if kernel is not None:
+            await kernel.measure_backlogs()
+
+    app.router.routes.extend(health_routes(readiness, before_scrape))
 
     @app.exception_handler(NotFound)
     async def not_found(_: Request, error: NotFound) -> JSONResponse:

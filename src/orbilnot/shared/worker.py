@@ -2,7 +2,8 @@
 
 Relays and processors are woken by the code that commits their work, in the same process, right
 after the commit: no fixed timer sits in the hot path. The timer only finds work that another
-replica or a crashed process left behind. A failing step backs off and tries again.
+replica or a crashed process left behind. A failing step is retried with backoff (`shared/retry`),
+and how long it has been failing is what readiness reports.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 
+from orbilnot.shared.retry import FailureTracker, backoff
+
 log = logging.getLogger(__name__)
 
 Step = Callable[[], Awaitable[bool]]
@@ -19,15 +22,14 @@ Step = Callable[[], Awaitable[bool]]
 
 
 class Worker:
-    def __init__(self, name: str, step: Step, *, poll_interval_s: float, max_backoff_s: float = 5.0):
+    def __init__(self, name: str, step: Step, *, poll_interval_s: float):
         self.name = name
         self._step = step
         self._poll_interval_s = poll_interval_s
-        self._max_backoff_s = max_backoff_s
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
-        self.healthy = True
+        self.tracker = FailureTracker(name)
 
     def wake(self) -> None:
         self._wakeup.set()
@@ -49,21 +51,32 @@ class Worker:
                 await self._task
 
     async def _run(self) -> None:
-        backoff_s = 0.05
         while not self._stopping:
             self._wakeup.clear()
+            more = False
             try:
-                more = await self._step()
-                backoff_s = 0.05
-                self.healthy = True
+                # Any failure is retried: a step that fails on one event sets it aside itself, so
+                # what reaches here is the database or the broker being away, or a bug.
+                async for attempt in backoff(
+                    self.name,
+                    retry_on=lambda _: True,
+                    tracker=self.tracker,
+                    sleep=self._backoff_sleep,
+                    give_up=lambda: self._stopping,
+                ):
+                    with attempt:
+                        more = await self._step()
             except Exception:
-                self.healthy = False
-                log.exception("%s failed; retrying in %.2fs", self.name, backoff_s)
-                await self._sleep(backoff_s)
-                backoff_s = min(backoff_s * 2, self._max_backoff_s)
-                continue
+                log.exception("%s failed while stopping", self.name)
+                return
+            self.tracker.succeeded()
             if not more:
                 await self._sleep(self._poll_interval_s)
+
+    async def _backoff_sleep(self, seconds: float) -> None:
+        # A wake-up cuts the wait short (new work may succeed where the last try failed), once.
+        await self._sleep(seconds)
+        self._wakeup.clear()
 
     async def _sleep(self, seconds: float) -> None:
         with contextlib.suppress(TimeoutError):
