@@ -258,16 +258,17 @@ def test_deposits_beyond_the_largest_balance_are_409_and_change_nothing(http: ht
     assert _state(http, rich) == before
 
 
-def test_a_refund_on_a_full_account_is_still_served(http: httpx.Client) -> None:
-    """A refund is never refused (it gives back what was taken), even when a deposit made since
-    filled the account to the deposit limit: the balance then goes past that limit, and every
-    endpoint must still show it."""
+def test_a_full_account_keeps_room_for_its_refunds(http: httpx.Client) -> None:
+    """A refund is never refused (it gives back what was taken), so a deposit must leave room for
+    it: once an order is paid from a full account, depositing the paid amount again is refused
+    (409), and the refund takes the balance back to exactly the maximum, shown by every endpoint."""
     account = str(http.post("/account", json={"actionType": "CREATE_NEW", "amount": 999999999999.99}).json())
     order = http.post("/orders", json={"accountId": account, "amount": 10}).json()
     eventually_sync(
         lambda: http.get(f"/orders/{account}/{order}").json()["status"], lambda s: s == "CONFIRMED", what="paid"
     )
-    http.put("/account", json={"accountId": account, "amount": 10, "actionType": "DEPOSIT_MONEY"}).raise_for_status()
+    deposit = {"accountId": account, "amount": 10, "actionType": "DEPOSIT_MONEY"}
+    assert_rejected(http.put("/account", json=deposit), 409)
     refund = http.request("DELETE", "/orders", json={"accountId": account, "orderNumber": f"{account}:{order}"})
     assert refund.status_code == 200, refund.text
     eventually_sync(
@@ -275,15 +276,14 @@ def test_a_refund_on_a_full_account_is_still_served(http: httpx.Client) -> None:
     )
     response = http.get(f"/account/{account}")
     assert response.status_code == 200, response.text
-    assert response.json()["balance"] == 1000000000009.99
+    assert response.json()["balance"] == 999999999999.99
     ledger = http.get(f"/account/{account}/transactions")
     assert ledger.status_code == 200, ledger.text
-    assert ledger.json()[-1]["balanceAfter"] == 1000000000009.99
+    assert ledger.json()[-1]["balanceAfter"] == 999999999999.99
     # Still no deposit on top of it, and withdrawing works.
-    deposit = {"accountId": account, "amount": 1, "actionType": "DEPOSIT_MONEY"}
-    assert_rejected(http.put("/account", json=deposit), 409)
+    assert_rejected(http.put("/account", json={**deposit, "amount": 1}), 409)
     withdraw = {"accountId": account, "amount": 10, "actionType": "WITHDRAW_MONEY"}
-    assert http.put("/account", json=withdraw).json()["balance"] == 999999999999.99
+    assert http.put("/account", json=withdraw).json()["balance"] == 999999999989.99
 
 
 def test_bodies_over_the_gateway_limit_are_413_and_change_nothing(http: httpx.Client, account: str) -> None:

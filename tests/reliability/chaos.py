@@ -1,6 +1,8 @@
 """Breaking things while the workload runs: the load is one task, the disruptions come from the
 test's own task, each one fired when the load has reached a given number of acknowledged orders
-(polled, never a fixed sleep), so they land mid-load however slow the machine is."""
+(polled, never a fixed sleep). The load is paced by the disruptions: it starts no order past a
+disruption's mark until that disruption has struck (it calls `workload.resume()` right after its
+kill or stop), so every disruption lands mid-load however fast or slow the machine is."""
 
 from __future__ import annotations
 
@@ -48,11 +50,15 @@ async def progress_or_timeout(workload: Workload, more: int, timeout_s: float) -
 
 async def run_with_disruptions(workload: Workload, plan: Iterable[tuple[int, Disruption]]) -> None:
     """Run the whole load, firing each disruption once `at` orders are acknowledged."""
+    plan = list(plan)
+    for at, _ in plan:
+        workload.hold_at(at)
     load = asyncio.create_task(workload.place_orders(), name="load")
     try:
         for at, disrupt in plan:
             await until_acknowledged(workload, at, load)
             await disrupt()
+            workload.resume()  # in case the disruption did not (it should, right after striking)
         await load
     finally:
         if not load.done():

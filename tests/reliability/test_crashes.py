@@ -39,6 +39,7 @@ async def test_processes_killed_mid_load_lose_and_double_nothing(replicated_stac
             for name in names:
                 await asyncio.to_thread(stack.kill, name)
                 killed.append(name)
+            workload.resume()
             # "A moment later": once the surviving replicas have served a few more orders, or
             # after a few seconds if nothing can serve them (the gateway or a whole service down).
             await progress_or_timeout(workload, 10, timeout_s=3.0)

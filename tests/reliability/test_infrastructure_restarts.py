@@ -63,6 +63,7 @@ async def test_kafka_killed_and_restarted_mid_load(replicated_stack: ReplicatedS
 
     async def kill_kafka_then_restart() -> None:
         await asyncio.to_thread(infra.kafka.kill)
+        workload.resume()
         before = acknowledged(workload)
         # Orders are still taken while the broker is down (they wait in the order service's
         # outbox): let a few pile up, so that there is a backlog to drain.
@@ -92,6 +93,7 @@ async def test_postgres_stopped_and_restarted_mid_load(replicated_stack: Replica
 
     async def stop_postgres_then_restart() -> None:
         await asyncio.to_thread(infra.postgres.stop, "immediate")
+        workload.resume()
         # Every service says it is not ready while its database is gone ...
         await until_ready(stack, services, 503, timeout_s=30, what="services with PostgreSQL down")
         # ... and the API says so plainly: 503 (retry later), not a 500 with a traceback.

@@ -80,6 +80,26 @@ class Workload:
         self.rng = random.Random(seed)
         self.books: dict[str, Book] = {}
         self.http = httpx.AsyncClient(base_url=gateway, timeout=15)
+        # Pacing (chaos.run_with_disruptions): order number `at` and the ones after it are not
+        # started before the gate at `at` opens, so a disruption planned "at 100 orders" always
+        # meets the rest of the load, however fast or slow the machine is.
+        self._gates: dict[int, asyncio.Event] = {}
+
+    def hold_at(self, at: int) -> None:
+        self._gates.setdefault(at, asyncio.Event())
+
+    def resume(self) -> None:
+        """Open the gates the load has reached: the disruption that waited there is under way.
+        (Idempotent: a gate further on stays shut until the load reaches it.)"""
+        reached = sum(len(book.orders) for book in self.books.values())
+        for at, gate in self._gates.items():
+            if at <= reached:
+                gate.set()
+
+    async def _pass_gates(self, index: int) -> None:
+        for at, gate in sorted(self._gates.items()):
+            if at <= index:
+                await gate.wait()
 
     async def close(self) -> None:
         await self.http.aclose()
@@ -103,13 +123,14 @@ class Workload:
             (self.rng.choice(list(self.books.values())), Decimal(self.rng.randint(1, 30)), self.rng.random() < 0.1)
             for _ in range(self.order_count)
         ]
-        queue: asyncio.Queue[tuple[Book, Decimal, bool]] = asyncio.Queue()
-        for item in plan:
+        queue: asyncio.Queue[tuple[int, tuple[Book, Decimal, bool]]] = asyncio.Queue()
+        for item in enumerate(plan):
             queue.put_nowait(item)
 
         async def client() -> None:
             while not queue.empty():
-                book, amount, withdraw = queue.get_nowait()
+                index, (book, amount, withdraw) = queue.get_nowait()
+                await self._pass_gates(index)
                 await self._place(book, amount, withdraw)
 
         await asyncio.gather(*(client() for _ in range(self.concurrency)))

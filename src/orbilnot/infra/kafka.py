@@ -226,7 +226,8 @@ class LocalKafka:
             "broker.session.timeout.ms": "3000",
             # Consumers join at once instead of after the default 3 s grace period.
             "group.initial.rebalance.delay.ms": "0",
-            # Topics are created on purpose (by migrations/tests), never by a typo in a producer.
+            # Topics are created on purpose (each service creates its own at start, tests theirs),
+            # never by a typo in a producer.
             "auto.create.topics.enable": "false",
             # The log cleaner's dedupe buffer is 128 MiB by default: half our heap.
             "log.cleaner.dedupe.buffer.size": str(4 * 1024 * 1024),

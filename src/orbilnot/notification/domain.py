@@ -21,7 +21,8 @@ def render(event: PaymentEvent) -> Message:
         return Message(f"Order {number} confirmed", f"Payment of {amount} for order {number} confirmed")
     if event.payment_event_type is PaymentEventType.REFUNDED:
         return Message(f"Order {number} refunded", f"{amount} returned to account {event.account_id}")
-    # Denied: billing's description says why (no money, or no such account). Anything else it
-    # might say is shown as the original did, with its fixed text.
+    # Denied: billing's description says why (no money, no such account, a refund refused, an
+    # event it could not process) and is shown as it is; only a denial without one gets the
+    # original's fixed text.
     body = event.description if event.description else NOT_ENOUGH_BALANCE
     return Message(f"Order {number} denied", body)

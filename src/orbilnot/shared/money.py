@@ -50,7 +50,8 @@ PositiveMoney = Annotated[
 NonNegativeMoney = Annotated[
     Decimal, _numbers_only, Field(ge=0, **_money_field), _money_json, _number_schema(minimum=0)
 ]
-# For answers only: what the database holds may be more than a request may ask for. A refund is
-# never refused, so it can take a balance past MAX_MONEY (the columns are NUMERIC(15,2)); with the
-# 14-digit limit of `Money` such a balance failed the answer's validation, a 500.
+# For answers only, where the value comes from the database, not from a request. Balances stay
+# within MAX_MONEY (a deposit must leave room for every refund still possible, billing/domain.py),
+# but one that a refund took past it before revision 0005 can still be there (the columns are
+# NUMERIC(15,2)), and reading it must not fail the answer's validation (a 500).
 StoredMoney = Annotated[Decimal, _money_json]
