@@ -159,6 +159,14 @@ async def process_received_events(conn: AsyncConnection, limit: int, *, topic: s
             await _park(conn, claimed[0], batch_error, topic)
             return 1
         log.warning("a batch of %d order events failed (%r); deciding them one by one", len(claimed), batch_error)
+        # Rolling back the savepoint let go of the accounts' locks: take them all again, in id
+        # order and outside the items' savepoints, so that processors never deadlock.
+        await conn.execute(
+            select(accounts.c.id)
+            .where(accounts.c.id.in_(sorted({row.account_id for row in claimed})))
+            .order_by(accounts.c.id)
+            .with_for_update()
+        )
         for row in claimed:
             try:
                 async with conn.begin_nested():
