@@ -75,7 +75,7 @@ async def test_an_order_committed_late_is_on_a_later_page(engine: AsyncEngine) -
     account = uuid.uuid4()
 
     async def write(conn: AsyncConnection) -> None:
-        await place_order(conn, account, Decimal(1))
+        await place_order(conn, account, Decimal(1), topic="order.event")
 
     async def read(conn: AsyncConnection, after: int | None) -> Page[Any]:
         return await list_orders(conn, account, limit=2, after=after)

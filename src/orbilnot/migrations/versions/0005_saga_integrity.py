@@ -116,4 +116,4 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    raise NotImplementedError("0004 moves owed events into the outboxes; restore a backup to go back")
+    raise NotImplementedError("0005 moves owed events into the outboxes; restore a backup to go back")
