@@ -57,6 +57,7 @@ class Upstream:
 class Gateways:
     upstream: Upstream
     edge: str  # short timeouts, a two-connection upstream pool
+    rate_limited: str  # a bucket of 3 requests, refilled at one per 10 s
 
     @property
     def edge_port(self) -> int:
@@ -79,7 +80,7 @@ async def gateways(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Ga
         "LOG_FORMAT": "text",
     }
     stack = Stack(urls={}, env=env, logs=Path(tmp_path_factory.mktemp("edge-logs")))
-    (edge_port,) = free_ports(1)
+    edge_port, limited_port = free_ports(2)
     try:
         stack.start(
             "edge",
@@ -92,7 +93,13 @@ async def gateways(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Ga
                 "GATEWAY_UPSTREAM_CONNECTIONS": "2",
             },
         )
-        yield Gateways(upstream, stack.urls["edge"])
+        stack.start(
+            "rate-limited",
+            "gateway",
+            limited_port,
+            {"GATEWAY_RATE_LIMIT_PER_S": "0.1", "GATEWAY_RATE_LIMIT_BURST": "3"},
+        )
+        yield Gateways(upstream, stack.urls["edge"], stack.urls["rate-limited"])
     finally:
         stack.stop_all()
         server.should_exit = True
@@ -232,3 +239,31 @@ async def test_an_idle_keep_alive_connection_is_closed(gateways: Gateways) -> No
         await asyncio.wait_for(reader.readexactly(length), ANSWER_DEADLINE_S)
         # Kept alive, then idle: the gateway closes it (at HTTP_KEEP_ALIVE_S) without a word.
         assert await asyncio.wait_for(reader.read(), ANSWER_DEADLINE_S) == b""
+
+
+# --- rate limit ------------------------------------------------------------------------------------
+
+
+async def test_a_client_past_its_bucket_gets_429_with_retry_after(gateways: Gateways) -> None:
+    async with httpx.AsyncClient(trust_env=False, timeout=ANSWER_DEADLINE_S) as http:
+        statuses = []
+        for _ in range(10):
+            response = await http.get(f"{gateways.rate_limited}/orders/x")
+            statuses.append(response.status_code)
+            if response.status_code == 429:
+                break
+        assert statuses[-1] == 429, statuses
+        assert 3 <= len(statuses) - 1 <= 4, statuses  # the burst of 3 (and one refilled, if slow)
+        assert int(response.headers["retry-after"]) >= 1
+        assert "detail" in response.json()
+        # The gateway's own probes and metrics are never limited, and the refusals are counted.
+        assert (await http.get(f"{gateways.rate_limited}/health/live")).status_code == 200
+        metrics = (await http.get(f"{gateways.rate_limited}/metrics")).text
+    assert metric_value(metrics, "orbilnot_gateway_rate_limited_total") >= 1
+
+
+def metric_value(exposition: str, name: str) -> float:
+    for line in exposition.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    raise AssertionError(f"{name} not in the metrics")

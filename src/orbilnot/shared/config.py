@@ -86,6 +86,11 @@ class GatewaySettings(ProcessSettings):
     gateway_max_body_bytes: int = Field(default=1024 * 1024, ge=0)
     # Connections to all upstreams together: the most requests the gateway forwards at once.
     gateway_upstream_connections: int = Field(default=256, ge=1)
+    # A token bucket per client address: this many requests a second on average, up to `burst` at
+    # once; 0 turns the limit off. Generous: aimed at a runaway client, not at ordinary heavy use
+    # (the benchmark's hundreds of orders a second from one address pass untouched).
+    gateway_rate_limit_per_s: float = Field(default=2000.0, ge=0)
+    gateway_rate_limit_burst: int = Field(default=4000, ge=1)
     gateway_cors_origins: Annotated[list[str], NoDecode] = ["*"]
 
     @field_validator("billing_url", "order_url", "notification_url", "gateway_cors_origins", mode="before")
