@@ -40,6 +40,8 @@ def serve(service: str, host: str, port: int) -> int:
     try:
         factory = _app_factory(service)
         limits = HttpLimitSettings()  # read from the environment
+        if service != "gateway":
+            limits = limits.with_room_for_forwarding()
     except ValidationError as error:
         # Fail fast and say which variable is wrong, without a traceback.
         print(f"orbilnot serve {service}: bad configuration\n{error}", file=sys.stderr)

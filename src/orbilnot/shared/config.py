@@ -42,6 +42,13 @@ class HttpLimitSettings(BaseSettings):
     # default (serve.py: 75 s for the gateway, 3 s for a service).
     keep_alive_s: int | None = Field(default=None, ge=1)
 
+    def with_room_for_forwarding(self) -> HttpLimitSettings:
+        """A service's limits: a request the gateway let through still fits once the gateway has
+        added its own headers (Host, X-Forwarded-For/-Proto/-Host, X-Request-Id) to it."""
+        return self.model_copy(
+            update={"max_headers": self.max_headers + 8, "max_header_bytes": self.max_header_bytes + 2048}
+        )
+
 
 class ServiceSettings(ProcessSettings):
     """Configuration of one billing, order or notification process."""
