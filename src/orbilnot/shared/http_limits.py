@@ -174,8 +174,14 @@ class EdgeLimitsProtocol(HttpToolsProtocol):
 
     def _on_header_timeout(self) -> None:
         self._header_timer = None
-        if self._reading_headers and not self.transport.is_closing():
-            self._refuse(408, "request headers not received in time")
+        if not self._reading_headers or self.transport.is_closing():
+            return
+        if self.cycle is not None and not self.cycle.response_complete:
+            # A pipelining client is still receiving our answer to its previous request: its next
+            # one is not late yet.
+            self._arm_header_timer()
+            return
+        self._refuse(408, "request headers not received in time")
 
     def _on_body_timeout(self) -> None:
         self._body_timer = None
