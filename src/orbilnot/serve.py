@@ -12,7 +12,8 @@ from pydantic import ValidationError
 from starlette.types import ASGIApp
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from orbilnot.shared.config import GatewaySettings, ProcessSettings, ServiceSettings
+from orbilnot.shared.config import GatewaySettings, HttpLimitSettings, ProcessSettings, ServiceSettings
+from orbilnot.shared.http_limits import EdgeLimitsProtocol
 from orbilnot.shared.observability import configure_logging
 
 
@@ -38,10 +39,14 @@ def _app_factory(service: str) -> Callable[[], ASGIApp]:
 def serve(service: str, host: str, port: int) -> int:
     try:
         factory = _app_factory(service)
+        limits = HttpLimitSettings()  # read from the environment
+        if service != "gateway":
+            limits = limits.with_room_for_forwarding()
     except ValidationError as error:
         # Fail fast and say which variable is wrong, without a traceback.
         print(f"orbilnot serve {service}: bad configuration\n{error}", file=sys.stderr)
         return 2
+    keep_alive_s = limits.keep_alive_s or (GATEWAY_KEEP_ALIVE_S if service == "gateway" else SERVICE_KEEP_ALIVE_S)
     logging_settings = ProcessSettings()
     configure_logging(logging_settings.log_level, logging_settings.log_format, service=service)
     # uvicorn handles SIGTERM (a graceful shutdown), then restores the handler it found and raises
@@ -58,10 +63,15 @@ def serve(service: str, host: str, port: int) -> int:
         server_header=False,
         # Let in-flight requests finish on SIGTERM, within what a supervisor waits (10 s).
         timeout_graceful_shutdown=7,
-        http=DrainingHttpProtocol,
-        timeout_keep_alive=GATEWAY_KEEP_ALIVE_S if service == "gateway" else SERVICE_KEEP_ALIVE_S,
+        http=_protocol(limits),
+        timeout_keep_alive=keep_alive_s,
     )
     return 0
+
+
+def _protocol(limits: HttpLimitSettings) -> type[HttpToolsProtocol]:
+    """The HTTP protocol every orbilnot server speaks: draining on shutdown, with the edge limits."""
+    return type("ServerProtocol", (DrainingHttpProtocol, EdgeLimitsProtocol.with_limits(limits)), {})
 
 
 def _exit_cleanly(signum: int, frame: FrameType | None) -> None:

@@ -442,9 +442,51 @@ async def test_all_instances_refusing_is_a_quick_json_502(stack: Stack, method: 
     async with httpx.AsyncClient(base_url=stack.gateway_all_dead, timeout=10, trust_env=False) as client:
         started = time.monotonic()
         response = await client.request(method, "/account/", content=b"{}")
-        assert time.monotonic() - started < 1.0
+        # Retried while the connect timeout (1 s here) lasts, not a moment longer.
+        assert time.monotonic() - started < 1.0 + 0.5
     assert response.status_code == 502
     assert response.json() == {"detail": "upstream billing unavailable"}
+
+
+async def test_a_refused_connection_is_retried_until_the_upstream_comes_up() -> None:
+    """Right after an install or during a rollout, a service may accept connections a moment after
+    the gateway's request arrives: the client gets the answer, not a 502."""
+    upstream = EchoUpstream("billing-late")
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))  # bound, not listening: refused until the upstream starts
+        late = f"http://127.0.0.1:{sock.getsockname()[1]}"
+        settings = gateway_settings(billing=[late], order=[late], notification=[late])
+        settings.gateway_connect_timeout_s = 10.0  # ample: the upstream starts as soon as it is refused
+        async with (
+            serve(create_app(settings), lifespan="on") as gateway,
+            httpx.AsyncClient(base_url=gateway, timeout=20, trust_env=False) as client,
+        ):
+
+            async def retries() -> float:
+                return billing_connect_retries((await client.get("/metrics")).text)
+
+            retries_before = await retries()
+            request = asyncio.create_task(client.post("/account/", content=b"{}"))
+            deadline = time.monotonic() + STARTUP_DEADLINE_S
+            while await retries() == retries_before and not request.done():
+                assert time.monotonic() < deadline, "the gateway never tried the upstream"
+                await asyncio.sleep(0.01)
+            server = uvicorn.Server(uvicorn.Config(upstream, lifespan="off", log_level="warning"))
+            serving = asyncio.create_task(server.serve(sockets=[sock]))
+            try:
+                response = await request
+            finally:
+                server.should_exit = True
+                await asyncio.wait_for(serving, 10)
+            assert response.status_code == 200
+            assert response.json()["upstream"] == "billing-late"
+            assert await retries() > retries_before
+
+
+def billing_connect_retries(metrics: str) -> float:
+    """The retry counter of the billing upstream in a Prometheus exposition (0 before the first)."""
+    prefix = 'orbilnot_gateway_upstream_connect_retries_total{upstream="billing"} '
+    return next((float(line[len(prefix) :]) for line in metrics.splitlines() if line.startswith(prefix)), 0.0)
 
 
 async def test_an_upstream_too_slow_to_answer_is_a_json_504_within_the_timeout(

@@ -26,6 +26,7 @@ from starlette.routing import BaseRoute, Match, NoMatchFound
 from starlette.types import Receive, Scope, Send
 
 from orbilnot.gateway.proxy import Proxy
+from orbilnot.gateway.rate_limit import KeyFunction, RateLimitMiddleware, TokenBuckets, client_address
 from orbilnot.gateway.upstreams import PrefixRule, Upstream
 from orbilnot.shared.config import GatewaySettings
 from orbilnot.shared.observability import REQUEST_ID_HEADER, RequestContextMiddleware, health_routes
@@ -33,8 +34,11 @@ from orbilnot.shared.observability import REQUEST_ID_HEADER, RequestContextMiddl
 _UPSTREAM_PATH = "orbilnot.upstream_path"
 
 
-def create_app(settings: GatewaySettings) -> Starlette:
-    """The gateway app; its HTTP client to the services lives as long as the app's lifespan."""
+def create_app(settings: GatewaySettings, rate_limit_key: KeyFunction = client_address) -> Starlette:
+    """The gateway app; its HTTP client to the services lives as long as the app's lifespan.
+
+    `rate_limit_key` says whose token bucket a request draws from (rate_limit.py).
+    """
     proxy = Proxy(settings)
 
     async def readiness() -> dict[str, bool]:
@@ -62,12 +66,21 @@ def create_app(settings: GatewaySettings) -> Starlette:
                 allow_headers=["*"],
                 expose_headers=[REQUEST_ID_HEADER],
             ),
+            # Inside CORS, so that a browser can read a 429 (and its Retry-After).
+            *_rate_limit(settings, rate_limit_key),
         ],
         exception_handlers={HTTPException: _json_http_error},
     )
     # SPEC §2: never answer with a redirect, not even to add or remove a trailing slash.
     app.router.redirect_slashes = False
     return app
+
+
+def _rate_limit(settings: GatewaySettings, key: KeyFunction) -> list[Middleware]:
+    if settings.gateway_rate_limit_per_s == 0:
+        return []
+    buckets = TokenBuckets(settings.gateway_rate_limit_per_s, settings.gateway_rate_limit_burst)
+    return [Middleware(RateLimitMiddleware, buckets=buckets, key=key)]
 
 
 def prefix_rules(settings: GatewaySettings) -> list[PrefixRule]:

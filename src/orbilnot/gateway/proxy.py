@@ -11,15 +11,17 @@ Raw ASGI on the gateway side (no Request/Response objects, nothing buffered) and
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
+import time
 import uuid
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from http.cookiejar import CookieJar, DefaultCookiePolicy
 
 import httpx
+from prometheus_client import Counter
 from starlette.responses import JSONResponse
 from starlette.types import Receive, Scope, Send
 
@@ -43,15 +45,26 @@ REQUEST_HEADERS_REPLACED = frozenset(
 # on as well would send each twice.
 RESPONSE_HEADERS_REPLACED = frozenset({b"date", b"server"})
 
-# The connection pool: POOL_SHARDS independent pools of up to POOL_SHARD_CONNECTIONS each (see
-# ShardedPoolTransport for why), so up to 256 requests in flight before any waits for a connection.
-POOL_SHARDS = 32
+# The connection pool: independent pools of up to POOL_SHARD_CONNECTIONS each (see
+# ShardedPoolTransport for why), GATEWAY_UPSTREAM_CONNECTIONS (256) in all, so that many requests
+# in flight before any waits for a connection.
 POOL_SHARD_CONNECTIONS = 8
 # Below the services' keep-alive timeout (SERVICE_KEEP_ALIVE_S, 3 s, serve.py): the gateway drops
 # an idle connection before the service does, instead of racing it by writing a request into a
 # socket being closed. A service shutting down keeps its idle connections that long too, so the
 # shorter this is, the sooner a replica stops.
 POOL_KEEPALIVE_EXPIRY_S = 2.0
+
+# When every instance of an upstream refuses, try them all again after this, doubling up to the
+# maximum, until the connect timeout is spent.
+REFUSED_RETRY_FIRST_BACKOFF_S = 0.05
+REFUSED_RETRY_MAX_BACKOFF_S = 0.5
+
+UPSTREAM_CONNECT_RETRIES = Counter(
+    "orbilnot_gateway_upstream_connect_retries_total",
+    "Rounds in which every instance of an upstream refused the connection and the gateway tried again",
+    ["upstream"],
+)
 
 _EMPTY_BODY = httpx.ByteStream(b"")
 _NOT_URL_SAFE = re.compile(rb"[^\x21-\x7e]")
@@ -75,51 +88,51 @@ class ClientDisconnected(Exception):
 
 
 class Proxy:
-    """Forwards requests to upstreams through one pooled HTTP client, opened by `running()`."""
+    """Forwards requests to upstreams through one pooled transport, opened by `running()`.
+
+    The transport is used directly, not through an `httpx.AsyncClient`: the client's per-request
+    work (cookie jar, auth, redirects, event hooks) is nothing a gateway wants, and its cookie
+    handling costs time quadratic in the number of request headers (20,000 headers kept the
+    gateway busy for 16 s, scripts/edge_probe.py).
+    """
 
     def __init__(self, settings: GatewaySettings) -> None:
         self._max_body_bytes = settings.gateway_max_body_bytes
+        self._connect_timeout_s = settings.gateway_connect_timeout_s
         self._timeout = httpx.Timeout(
             connect=settings.gateway_connect_timeout_s,
             read=settings.gateway_read_timeout_s,
             write=settings.gateway_read_timeout_s,
             # Waiting for a free pooled connection is bounded like a connect.
             pool=settings.gateway_connect_timeout_s,
-        )
-        self._client: httpx.AsyncClient | None = None
+        ).as_dict()
+        self._pool_connections = settings.gateway_upstream_connections
+        self._transport: ShardedPoolTransport | None = None
 
     @asynccontextmanager
     async def running(self) -> AsyncIterator[None]:
-        """Open the pooled client for the lifetime of the app (used in its lifespan)."""
-        # httpx logs every request at INFO; the gateway's access log and metrics already do.
-        logging.getLogger("httpx").setLevel(logging.WARNING)
-        client = httpx.AsyncClient(
-            timeout=self._timeout,
-            transport=ShardedPoolTransport(
-                POOL_SHARDS,
-                httpx.Limits(
-                    max_connections=POOL_SHARD_CONNECTIONS,
-                    # As many as it may open: httpcore 1.0 compares this limit with *all* of a pool's
-                    # connections, so anything lower closes connections in the middle of a burst.
-                    max_keepalive_connections=POOL_SHARD_CONNECTIONS,
-                    keepalive_expiry=POOL_KEEPALIVE_EXPIRY_S,
-                ),
+        """Open the connection pool for the lifetime of the app (used in its lifespan)."""
+        shard_connections = min(POOL_SHARD_CONNECTIONS, self._pool_connections)
+        transport = ShardedPoolTransport(
+            max(1, self._pool_connections // shard_connections),
+            httpx.Limits(
+                max_connections=shard_connections,
+                # As many as it may open: httpcore 1.0 compares this limit with *all* of a pool's
+                # connections, so anything lower closes connections in the middle of a burst.
+                max_keepalive_connections=shard_connections,
+                keepalive_expiry=POOL_KEEPALIVE_EXPIRY_S,
             ),
-            follow_redirects=False,  # a redirect is the client's to follow, not ours
-            trust_env=False,  # talk to the services directly, never through an *_PROXY from the env
-            # The client is shared by all users: it must never keep one user's cookies.
-            cookies=CookieJar(policy=DefaultCookiePolicy(allowed_domains=[])),
         )
-        async with client:
-            self._client = client
+        async with transport:
+            self._transport = transport
             try:
                 yield
             finally:
-                self._client = None
+                self._transport = None
 
     @property
     def is_running(self) -> bool:
-        return self._client is not None
+        return self._transport is not None
 
     async def forward(self, scope: Scope, receive: Receive, send: Send, upstream: Upstream, path: bytes) -> None:
         """Answer the ASGI request in `scope` with `upstream`'s answer to the same request at `path`."""
@@ -134,45 +147,65 @@ class Proxy:
 
     async def _open_response(self, scope: Scope, receive: Receive, upstream: Upstream, path: bytes) -> httpx.Response:
         """Send the request to the first instance that accepts it; its response, body unread."""
-        client = self._client
-        if client is None:
-            raise RuntimeError("the gateway's HTTP client is not open: was the app's lifespan run?")
+        transport = self._transport
+        if transport is None:
+            raise RuntimeError("the gateway's upstream pool is not open: was the app's lifespan run?")
         raw_headers: Headers = scope["headers"]
         content_length, chunked = _body_framing(raw_headers)
         if content_length is not None and content_length > self._max_body_bytes:
             raise self._too_large()
-        body: httpx.AsyncByteStream = (
-            StreamedRequestBody(receive, self._max_body_bytes) if chunked or content_length else _EMPTY_BODY
-        )
+        body: httpx.AsyncByteStream = _EMPTY_BODY
+        if chunked or content_length:
+            streamed = StreamedRequestBody(receive, self._max_body_bytes)
+            # Not one upstream connection for a client that has not started its body: a client
+            # that sends headers and then nothing holds nothing (its server's body timeout ends it).
+            try:
+                await streamed.wait_for_first_chunk()
+            except RequestBodyTooLarge as exc:
+                raise self._too_large() from exc
+            body = streamed
         headers = _upstream_request_headers(scope, raw_headers, chunked)
         target = _request_target(scope, path)
 
-        for instance in upstream.candidates():
-            request = httpx.Request(
-                scope["method"],
-                instance.base_url + target,
-                headers=[(b"host", instance.host_header), *headers],
-                stream=body,
-            )
-            try:
-                response = await client.send(request, stream=True)
-            except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
-                # Nothing was sent, so even a POST can safely go to the next instance.
-                logger.warning("upstream %s at %s refused: %r", upstream.name, instance.base_url, exc)
-                upstream.mark_refused(instance)
-                continue
-            except httpx.PoolTimeout as exc:
-                raise GatewayError(503, f"gateway busy: no connection free for {upstream.name}") from exc
-            except httpx.TimeoutException as exc:
-                raise GatewayError(504, f"upstream {upstream.name} timed out") from exc
-            except httpx.TransportError as exc:
-                logger.warning("upstream %s at %s failed: %r", upstream.name, instance.base_url, exc)
-                raise GatewayError(502, f"upstream {upstream.name} failed") from exc
-            except RequestBodyTooLarge as exc:
-                raise self._too_large() from exc
-            upstream.mark_answered(instance)
-            return response
-        raise GatewayError(502, f"upstream {upstream.name} unavailable")
+        # A refused connection means nothing was sent, so even a POST can go to the next instance,
+        # and when all refuse, to all of them again a moment later: right after an install or
+        # during a rollout, a Service's endpoints may lag behind pods that are already up. All of
+        # it within the connect timeout, which bounds what the client waits for a 502.
+        deadline = time.monotonic() + self._connect_timeout_s
+        backoff_s = REFUSED_RETRY_FIRST_BACKOFF_S
+        while True:
+            for instance in upstream.candidates():
+                request = httpx.Request(
+                    scope["method"],
+                    instance.base_url + target,
+                    headers=[(b"host", instance.host_header), *headers],
+                    stream=body,
+                    extensions={"timeout": self._timeout},
+                )
+                try:
+                    response = await transport.handle_async_request(request)
+                except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+                    logger.warning("upstream %s at %s refused: %r", upstream.name, instance.base_url, exc)
+                    upstream.mark_refused(instance)
+                    continue
+                except httpx.PoolTimeout as exc:
+                    raise GatewayError(503, f"gateway busy: no connection free for {upstream.name}") from exc
+                except httpx.TimeoutException as exc:
+                    raise GatewayError(504, f"upstream {upstream.name} timed out") from exc
+                except httpx.TransportError as exc:
+                    logger.warning("upstream %s at %s failed: %r", upstream.name, instance.base_url, exc)
+                    raise GatewayError(502, f"upstream {upstream.name} failed") from exc
+                except RequestBodyTooLarge as exc:
+                    raise self._too_large() from exc
+                upstream.mark_answered(instance)
+                response.request = request
+                return response
+            remaining_s = deadline - time.monotonic()
+            if remaining_s <= backoff_s:
+                raise GatewayError(502, f"upstream {upstream.name} unavailable")
+            UPSTREAM_CONNECT_RETRIES.labels(upstream.name).inc()
+            await asyncio.sleep(backoff_s)
+            backoff_s = min(backoff_s * 2, REFUSED_RETRY_MAX_BACKOFF_S)
 
     def _too_large(self) -> GatewayError:
         return GatewayError(413, f"request body larger than {self._max_body_bytes} bytes")
@@ -182,26 +215,40 @@ class Proxy:
 
 
 class StreamedRequestBody(httpx.AsyncByteStream):
-    """The client's body, pulled from ASGI only as fast as the upstream connection takes it."""
+    """The client's body, pulled from ASGI only as fast as the upstream connection takes it.
+
+    `wait_for_first_chunk` reads the first part ahead; iterating yields it first, then the rest.
+    """
 
     def __init__(self, receive: Receive, max_bytes: int) -> None:
         self._receive = receive
         self._max_bytes = max_bytes
+        self._received = 0
+        self._first: bytes | None = None
+        self._more_body = True
+
+    async def wait_for_first_chunk(self) -> None:
+        self._first = await self._next_chunk()
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
-        received = 0
-        more_body = True
-        while more_body:
-            message = await self._receive()
-            if message["type"] == "http.disconnect":
-                raise ClientDisconnected
-            chunk: bytes = message.get("body", b"")
-            more_body = message.get("more_body", False)
-            received += len(chunk)
-            if received > self._max_bytes:
-                raise RequestBodyTooLarge
+        if self._first:
+            yield self._first
+        self._first = None
+        while self._more_body:
+            chunk = await self._next_chunk()
             if chunk:
                 yield chunk
+
+    async def _next_chunk(self) -> bytes:
+        message = await self._receive()
+        if message["type"] == "http.disconnect":
+            raise ClientDisconnected
+        chunk: bytes = message.get("body", b"")
+        self._more_body = message.get("more_body", False)
+        self._received += len(chunk)
+        if self._received > self._max_bytes:
+            raise RequestBodyTooLarge
+        return chunk
 
 
 def _body_framing(headers: Headers) -> tuple[int | None, bool]:

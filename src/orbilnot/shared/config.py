@@ -23,6 +23,33 @@ class ProcessSettings(BaseSettings):
     log_format: str = Field(default="json", pattern="^(json|text)$")
 
 
+class HttpLimitSettings(BaseSettings):
+    """What any client may cost a server process, gateway or service (SPEC "Edge limits"; README)."""
+
+    model_config = SettingsConfigDict(env_prefix="HTTP_", case_sensitive=False, extra="ignore")
+
+    # More than either is refused with 431 before the request reaches the application.
+    max_headers: int = Field(default=100, ge=1)
+    max_header_bytes: int = Field(default=16 * 1024, ge=256)  # the request line and all headers
+    # A request's line and headers must all arrive within this, counted from its first byte (or
+    # from the connection's opening, for its first request); else 408 and the connection closes.
+    header_timeout_s: float = Field(default=10.0, gt=0)
+    # A body must arrive within body_timeout_s, extended by one second per body_min_bytes_per_s
+    # bytes received (a minimum rate, as Apache's mod_reqtimeout); else 408 and the connection closes.
+    body_timeout_s: float = Field(default=10.0, gt=0)
+    body_min_bytes_per_s: int = Field(default=1024, ge=1)
+    # An idle keep-alive connection is closed after this; unset, each process keeps its own
+    # default (serve.py: 75 s for the gateway, 3 s for a service).
+    keep_alive_s: int | None = Field(default=None, ge=1)
+
+    def with_room_for_forwarding(self) -> HttpLimitSettings:
+        """A service's limits: a request the gateway let through still fits once the gateway has
+        added its own headers (Host, X-Forwarded-For/-Proto/-Host, X-Request-Id) to it."""
+        return self.model_copy(
+            update={"max_headers": self.max_headers + 8, "max_header_bytes": self.max_header_bytes + 2048}
+        )
+
+
 class ServiceSettings(ProcessSettings):
     """Configuration of one billing, order or notification process."""
 
@@ -66,6 +93,13 @@ class GatewaySettings(ProcessSettings):
     gateway_connect_timeout_s: float = Field(default=2.0, gt=0)
     gateway_read_timeout_s: float = Field(default=30.0, gt=0)
     gateway_max_body_bytes: int = Field(default=1024 * 1024, ge=0)
+    # Connections to all upstreams together: the most requests the gateway forwards at once.
+    gateway_upstream_connections: int = Field(default=256, ge=1)
+    # A token bucket per client address: this many requests a second on average, up to `burst` at
+    # once; 0 turns the limit off. Generous: aimed at a runaway client, not at ordinary heavy use
+    # (the benchmark's hundreds of orders a second from one address pass untouched).
+    gateway_rate_limit_per_s: float = Field(default=2000.0, ge=0)
+    gateway_rate_limit_burst: int = Field(default=4000, ge=1)
     gateway_cors_origins: Annotated[list[str], NoDecode] = ["*"]
 
     @field_validator("billing_url", "order_url", "notification_url", "gateway_cors_origins", mode="before")
