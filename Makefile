@@ -3,6 +3,8 @@
 #   make test   the same set-up + newman + helm, then every test (starts its own PostgreSQL and Kafka)
 #   make chaos  the reliability suite's long form
 #   make lint   ruff and mypy
+#   make image       the Docker image from this checkout (needs a Docker engine: scripts/docker-engine.sh up)
+#   make image-test  build the image and run the system as its containers (installs and starts Docker)
 
 PYTHON ?= python3
 VENV := .venv
@@ -11,7 +13,7 @@ BIN := $(VENV)/bin
 KAFKA_LIB := .orbilnot/kafka-lib
 TESTS ?= tests/unit tests/integration tests/e2e tests/reliability tests/deploy
 
-.PHONY: run test chaos lint format setup kafka-jars helm clean lock
+.PHONY: run test chaos lint format setup kafka-jars helm clean lock image image-test
 
 run: setup kafka-jars
 	$(BIN)/orbilnot up
@@ -22,6 +24,17 @@ test: setup kafka-jars node_modules/.installed helm
 # The reliability suite's long form: more orders, more kills (README, "Guarantees").
 chaos: setup kafka-jars
 	ORBILNOT_CHAOS=long $(PY) -m pytest tests/reliability -v
+
+# The image, tagged IMAGE (scripts/build-image.sh says how and prints the tag).
+IMAGE ?= orbilnot:local
+image:
+	./scripts/build-image.sh $(IMAGE)
+
+# Installs docker.io and debootstrap when missing, starts dockerd when none answers (and stops it
+# afterwards), builds the image and runs migrate, the services and the gateway as its containers
+# on the test's own PostgreSQL and Kafka (README, "Deploy"). Not part of `make test`.
+image-test: setup kafka-jars node_modules/.installed
+	$(PY) -m pytest tests/image -v
 
 lint: setup
 	$(BIN)/ruff check src tests scripts

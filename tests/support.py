@@ -32,6 +32,9 @@ from orbilnot.migrations.runner import migrate
 
 T = TypeVar("T")
 
+REPO = Path(__file__).resolve().parents[1]
+ACCEPTANCE = REPO.parent / "shared" / "acceptance"
+
 
 @dataclass(frozen=True)
 class RunningInfra:
@@ -80,9 +83,8 @@ def started_infra(prefix: str, kafka_lib_dir: Path) -> Iterator[RunningInfra]:
             shutil.rmtree(root, ignore_errors=True)
 
 
-async def create_migrated_database(server_url: str) -> str:
-    """A new, empty, migrated database on the test server; returns its URL. Tests that need a
-    table to themselves (a relay claims every pending row) take one of these."""
+async def create_database(server_url: str) -> str:
+    """A new, empty database (no tables) on the test server; returns its URL."""
     name = f"test_{uuid.uuid4().hex[:12]}"
     base, _, _ = server_url.rpartition("/")
     admin = await asyncpg.connect(base.replace("postgresql+asyncpg://", "postgresql://") + "/postgres")
@@ -90,9 +92,35 @@ async def create_migrated_database(server_url: str) -> str:
         await admin.execute(f'CREATE DATABASE "{name}"')
     finally:
         await admin.close()
-    url = f"{base}/{name}"
+    return f"{base}/{name}"
+
+
+async def create_migrated_database(server_url: str) -> str:
+    """A new, empty, migrated database on the test server; returns its URL. Tests that need a
+    table to themselves (a relay claims every pending row) take one of these."""
+    url = await create_database(server_url)
     await migrate(url)
     return url
+
+
+def run_postman_collection(gateway: str) -> subprocess.CompletedProcess[str]:
+    """The original system's Postman collection with newman (installed by `npm ci`), every
+    service URL of its environment pointed at `gateway`."""
+    newman = REPO / "node_modules" / ".bin" / "newman"
+    assert newman.exists() or shutil.which("newman"), "newman is installed by `make test` (npm ci)"
+    command = [
+        str(newman) if newman.exists() else "newman",
+        "run",
+        str(ACCEPTANCE / "orbilnot.postman_collection.json"),
+        "--environment",
+        str(ACCEPTANCE / "otus.postman_environment.json"),
+        "--bail",
+        "--reporters",
+        "cli",
+    ]
+    for name in ("billing_service_url", "order_service_url", "notification_service_url"):
+        command += ["--env-var", f"{name}={gateway}"]
+    return subprocess.run(command, capture_output=True, text=True, timeout=120)
 
 
 async def eventually(

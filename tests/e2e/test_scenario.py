@@ -2,17 +2,12 @@
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 import httpx
 
-from support import eventually_sync
-
-REPO = Path(__file__).resolve().parents[2]
-ACCEPTANCE = REPO.parent / "shared" / "acceptance"
+from support import eventually_sync, run_postman_collection
 
 
 def notifications(http: httpx.Client, account: str) -> list[dict[str, str]]:
@@ -56,21 +51,7 @@ def test_an_order_of_an_unknown_account_is_denied_naming_it(http: httpx.Client) 
 
 
 def test_the_original_postman_collection_passes_unchanged(stack) -> None:  # type: ignore[no-untyped-def]
-    newman = REPO / "node_modules" / ".bin" / "newman"
-    assert newman.exists() or shutil.which("newman"), "newman is installed by `make test` (npm ci)"
-    command = [
-        str(newman) if newman.exists() else "newman",
-        "run",
-        str(ACCEPTANCE / "orbilnot.postman_collection.json"),
-        "--environment",
-        str(ACCEPTANCE / "otus.postman_environment.json"),
-        "--bail",
-        "--reporters",
-        "cli",
-    ]
-    for name in ("billing_service_url", "order_service_url", "notification_service_url"):
-        command += ["--env-var", f"{name}={stack.gateway}"]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    result = run_postman_collection(stack.gateway)
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
     assert "AssertionError" not in result.stdout
 
