@@ -2,6 +2,7 @@
 #   make run    virtualenv + packages + Kafka jars, then `orbilnot up`
 #   make test   the same set-up + newman + helm, then every test (starts its own PostgreSQL and Kafka)
 #   make chaos  the reliability suite's long form
+#   make bench  the stack on its own infrastructure, measured (PROFILE=1: with py-spy profiles)
 #   make lint   ruff and mypy
 
 PYTHON ?= python3
@@ -11,7 +12,7 @@ BIN := $(VENV)/bin
 KAFKA_LIB := .orbilnot/kafka-lib
 TESTS ?= tests/unit tests/integration tests/e2e tests/reliability tests/deploy
 
-.PHONY: run test chaos lint format setup kafka-jars helm clean lock
+.PHONY: run test chaos bench lint format setup kafka-jars helm clean lock
 
 run: setup kafka-jars
 	$(BIN)/orbilnot up
@@ -23,14 +24,19 @@ test: setup kafka-jars node_modules/.installed helm
 chaos: setup kafka-jars
 	ORBILNOT_CHAOS=long $(PY) -m pytest tests/reliability -v
 
+# Throughput, latency per stage and CPU per order of every process; results in bench-results/
+# (README, "Performance"). BENCH_ARGS passes options through: `make bench BENCH_ARGS=--help`.
+bench: setup kafka-jars
+	$(PY) -m bench $(if $(PROFILE),--profile) $(BENCH_ARGS)
+
 lint: setup
-	$(BIN)/ruff check src tests scripts
-	$(BIN)/ruff format --check src tests scripts
+	$(BIN)/ruff check src tests scripts bench
+	$(BIN)/ruff format --check src tests scripts bench
 	$(BIN)/mypy
 
 format: setup
-	$(BIN)/ruff format src tests
-	$(BIN)/ruff check --fix src tests
+	$(BIN)/ruff format src tests scripts bench
+	$(BIN)/ruff check --fix src tests scripts bench
 
 setup: $(VENV)/.installed
 
