@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import os
 import platform
@@ -31,6 +30,7 @@ import time
 from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
+from types import FrameType
 
 import asyncpg
 import httpx
@@ -82,27 +82,22 @@ async def open_accounts(gateway: str, count: int) -> list[str]:
     return [str(response.json()) for response in responses]
 
 
-async def run_load(spec: LoadSpec, work: Path, name: str) -> tuple[LoadResult, float]:
-    """The load generator in a process of its own; returns its result and its CPU seconds."""
+async def run_load(spec: LoadSpec, work: Path, name: str) -> LoadResult:
+    """The load generator in a process of its own."""
     spec_file, result_file = work / f"{name}.spec.json", work / f"{name}.result.json"
     spec_file.write_text(json.dumps(asdict(spec)))
     process = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "bench.loadgen", str(spec_file), str(result_file), cwd=REPO
     )
     try:
-        cpu = 0.0
-        while process.returncode is None:
-            # The last reading before it exits: once reaped, /proc forgets it.
-            cpu = max(cpu, procstat.cpu_seconds(process.pid))
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(process.wait(), 0.2)
+        await process.wait()
     finally:
         if process.returncode is None:
             process.kill()
             await process.wait()
     if process.returncode != 0:
         raise RuntimeError(f"the load generator failed (exit {process.returncode})")
-    return load_result(result_file), cpu
+    return load_result(result_file)
 
 
 class Bench:
@@ -129,7 +124,7 @@ class Bench:
             pids = {n: self.watched[n].pid for n in ("gateway", "order", "billing", "notification")}
             recording = Recording(pids, profile_dir, spec.seconds)
         try:
-            load, generator_cpu = await run_load(spec, self.work, name.replace(" ", "-").replace("/", ""))
+            load = await run_load(spec, self.work, name.replace(" ", "-").replace("/", ""))
         finally:
             if recording is not None:
                 recording.stop()
@@ -146,7 +141,7 @@ class Bench:
             result.placed_per_s = len(load.placed) / max(last_answer - first_sent, 1e-9)
             result.cpu_ms_per_order = {p: 1000 * cpu[p] / len(load.placed) for p in PROCESSES}
             result.cpu_ms_per_order["total"] = sum(result.cpu_ms_per_order.values())
-        result.generator_cpu_share = generator_cpu / max(load.finished, 1e-9)
+        result.generator_cpu_share = load.cpu_s / max(load.finished, 1e-9)
         if spec.mode == "open":
             result.generator_lag_ms = percentiles([1000 * (p.sent - p.scheduled) for p in load.placed])
         stages = await database.order_stages(self.db, order_ids)
@@ -171,7 +166,7 @@ class Bench:
             connections=connections,
             seconds=self.args.ceiling_seconds,
         )
-        load, _ = await run_load(spec, self.work, f"ceiling-{connections}")
+        load = await run_load(spec, self.work, f"ceiling-{connections}")
         spent = procstat.cpu_seconds(pid) - before
         return len(load.placed) / max(load.finished, 1e-9), 1000 * spent / max(len(load.placed), 1)
 
@@ -265,16 +260,28 @@ async def measure(stack: BenchStack, args: argparse.Namespace) -> Report:
         await db.close()
 
 
+def _interrupt(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
-    # SIGTERM acts like Ctrl-C, so the stack's clean-up runs for it too.
-    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    # Ctrl-C and SIGTERM raise KeyboardInterrupt wherever the main thread is, and the stack's
+    # clean-up runs. Not asyncio.run's own SIGINT handling: it only cancels the main task, and a
+    # cancellation swallowed anywhere below (Python 3.11's asyncio.wait_for can) kept a Ctrl-C'd
+    # benchmark waiting for notifications from services the Ctrl-C had already stopped.
+    signal.signal(signal.SIGINT, _interrupt)
+    signal.signal(signal.SIGTERM, _interrupt)
     args.results.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
     print(f"starting PostgreSQL, Kafka and the services (logs in {args.results / 'logs'}) …", flush=True)
-    with running_stack(args.results, args.kafka_lib) as stack:
-        print("ready after spawn: " + ", ".join(f"{n} {s:.2f} s" for n, s in stack.ready_s.items()), flush=True)
-        report = asyncio.run(measure(stack, args))
+    try:
+        with running_stack(args.results, args.kafka_lib) as stack:
+            print("ready after spawn: " + ", ".join(f"{n} {s:.2f} s" for n, s in stack.ready_s.items()), flush=True)
+            report = asyncio.run(measure(stack, args))
+    except KeyboardInterrupt:
+        print("\ninterrupted: everything the benchmark started is stopped", file=sys.stderr)
+        return 130
     write(report, args.results)
     print(f"\n{report.machine}; {report.date}\n")
     print(text_table(report.phases))

@@ -54,6 +54,7 @@ class LoadResult:
     failures: list[str] = field(default_factory=list)  # a few, for the report; failed counts them all
     failed: int = 0
     connections_opened: int = 0
+    cpu_s: float = 0.0  # the generator's own CPU time, to show whether it was the limit
 
 
 class Http1Connection:
@@ -216,6 +217,7 @@ def main(argv: list[str]) -> None:
         result = uvloop.run(run(spec))
     except ImportError:
         result = asyncio.run(run(spec))
+    result.cpu_s = time.process_time()
     result_path.write_text(json.dumps(asdict(result)))
 
 
