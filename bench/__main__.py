@@ -47,6 +47,8 @@ ACCOUNTS = 200
 # Large enough that every order is paid: the benchmark times the saga, not the denials.
 OPENING_BALANCE = 10**9
 NOTIFIED_TIMEOUT_S = 120.0
+# An open-loop rate far beyond what the stack can do would otherwise run for as long as it takes.
+GIVE_UP_LATE_S = 10.0
 
 
 def _floats(text: str) -> list[float]:
@@ -132,7 +134,9 @@ class Bench:
         result.notified = await database.wait_notified(self.db, baseline, len(order_ids), NOTIFIED_TIMEOUT_S)
         cpu = procstat.cpu_delta(cpu_before, procstat.cpu_snapshot(self.watched))
         result.memory_mb = procstat.memory_mb(self.watched)
-        result.placed, result.failed = len(load.placed), load.failed
+        result.placed, result.failed, result.abandoned = len(load.placed), load.failed, load.abandoned
+        if load.abandoned:
+            print(f"  {name}: {load.abandoned} orders given up, still unsent {GIVE_UP_LATE_S:g} s after the schedule")
         if load.failures:
             print(f"  {name}: {load.failed} requests failed, e.g. {load.failures[0]}", file=sys.stderr)
         if load.placed:
@@ -206,6 +210,7 @@ async def measure(stack: BenchStack, args: argparse.Namespace) -> Report:
                 rate=rate,
                 count=int(rate * args.open_seconds),
                 max_connections=args.max_connections,
+                give_up_late_s=GIVE_UP_LATE_S,
             )
             phases.append(await bench.phase(f"{rate:g}/s", spec))
         print("closed loop:", flush=True)

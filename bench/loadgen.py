@@ -7,7 +7,8 @@ event loop with the measuring code nor hides its own CPU time: the benchmark rep
 
 - open loop: order i leaves at `i / rate` seconds whatever became of the earlier ones, on an idle
   connection or a new one, up to `max_connections`; past that it waits for one, and the wait
-  shows as lag (sent - scheduled). A server that cannot keep up makes the lag grow.
+  shows as lag (sent - scheduled). A server that cannot keep up makes the lag grow (and with
+  `give_up_late_s`, the orders still waiting that long after the schedule's end are dropped).
 - closed loop: `connections` clients each place orders back to back for `seconds`.
 """
 
@@ -29,6 +30,9 @@ class LoadSpec:
     rate: float = 0.0  # open loop: orders per second
     count: int = 0  # open loop: orders in all
     max_connections: int = 256  # open loop
+    # Open loop: an order still unsent this long after the schedule's end is given up (counted in
+    # `abandoned`), so a phase far beyond what the system can do still ends in bounded time.
+    give_up_late_s: float | None = None
     connections: int = 0  # closed loop
     seconds: float = 0.0  # closed loop
     amount: int = 1
@@ -53,6 +57,7 @@ class LoadResult:
     placed: list[Placed] = field(default_factory=list)
     failures: list[str] = field(default_factory=list)  # a few, for the report; failed counts them all
     failed: int = 0
+    abandoned: int = 0
     connections_opened: int = 0
     cpu_s: float = 0.0  # the generator's own CPU time, to show whether it was the limit
 
@@ -139,9 +144,13 @@ async def open_loop(spec: LoadSpec) -> LoadResult:
     idle: list[Http1Connection] = []
     available = asyncio.Semaphore(spec.max_connections)
     origin = time.monotonic()
+    give_up_at = None if spec.give_up_late_s is None else spec.count / spec.rate + spec.give_up_late_s
 
     async def one(i: int, scheduled: float) -> None:
         async with available:
+            if give_up_at is not None and time.monotonic() - origin > give_up_at:
+                result.abandoned += 1
+                return
             if idle:
                 connection = idle.pop()
             else:
