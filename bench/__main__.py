@@ -159,8 +159,9 @@ class Bench:
         print(f"  {name}: {result.placed_per_s:,.0f} placed/s, {result.notified_per_s:,.0f} notified/s", flush=True)
         return result
 
-    async def ceiling(self, connections: int) -> tuple[float, float]:
-        """Requests per second and CPU ms per request of the bare FastAPI endpoint."""
+    async def ceiling(self, phase: PhaseResult, connections: int) -> None:
+        """Requests per second and CPU ms per request of the bare FastAPI endpoint, and how much of
+        a core the generator needed to keep it busy (near 100 %: the generator was the limit)."""
         pid = self.stack.processes["ceiling"].pid
         before = procstat.cpu_seconds(pid)
         spec = LoadSpec(
@@ -172,7 +173,9 @@ class Bench:
         )
         load = await run_load(spec, self.work, f"ceiling-{connections}")
         spent = procstat.cpu_seconds(pid) - before
-        return len(load.placed) / max(load.finished, 1e-9), 1000 * spent / max(len(load.placed), 1)
+        phase.ceiling_per_s = len(load.placed) / max(load.finished, 1e-9)
+        phase.ceiling_cpu_ms_per_request = 1000 * spent / max(len(load.placed), 1)
+        phase.ceiling_generator_cpu_share = load.cpu_s / max(load.finished, 1e-9)
 
 
 def _machine() -> str:
@@ -246,7 +249,7 @@ async def measure(stack: BenchStack, args: argparse.Namespace) -> Report:
         print("ceiling (bare FastAPI):", flush=True)
         for phase in phases:
             if phase.kind == "closed" and phase.connections:
-                phase.ceiling_per_s, phase.ceiling_cpu_ms_per_request = await bench.ceiling(phase.connections)
+                await bench.ceiling(phase, phase.connections)
                 print(f"  {phase.connections} conn: {phase.ceiling_per_s:,.0f} req/s", flush=True)
         if args.profile:
             profiles = args.results / "profiles"

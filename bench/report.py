@@ -48,6 +48,7 @@ class PhaseResult:
     memory_mb: dict[str, float] = field(default_factory=dict)
     ceiling_per_s: float | None = None
     ceiling_cpu_ms_per_request: float | None = None
+    ceiling_generator_cpu_share: float | None = None
     profiled: bool = False
 
 
@@ -82,6 +83,10 @@ def _number(value: float | None, digits: int = 0) -> str:
     return f"{value:,.{digits}f}"
 
 
+def _percent(share: float | None) -> float | None:
+    return None if share is None else 100 * share
+
+
 def table_rows(phases: list[PhaseResult]) -> list[tuple[str, list[str]]]:
     rows: list[tuple[str, list[str]]] = []
 
@@ -97,6 +102,7 @@ def table_rows(phases: list[PhaseResult]) -> list[tuple[str, list[str]]]:
     row("notified/s (end to end)", [_number(p.notified_per_s) for p in phases])
     row("bare FastAPI ceiling, req/s", [_number(p.ceiling_per_s) for p in phases])
     row("ceiling CPU ms/request", [_number(p.ceiling_cpu_ms_per_request, 2) for p in phases])
+    row("ceiling: load generator, % of a core", [_number(_percent(p.ceiling_generator_cpu_share)) for p in phases])
     row("generator lag p99 / max, ms", [
         f"{_number(p.generator_lag_ms.get('p99'))} / {_number(p.generator_lag_ms.get('max'))}"
         if p.generator_lag_ms else NONE
@@ -108,7 +114,7 @@ def table_rows(phases: list[PhaseResult]) -> list[tuple[str, list[str]]]:
             row(f"{stage} {name}, ms", cells)
     for process in (*PROCESSES, "total"):
         row(f"CPU ms/order, {process}", [_number(p.cpu_ms_per_order.get(process), 2) for p in phases])
-    row("load generator, % of a core", [_number(100 * p.generator_cpu_share) for p in phases])
+    row("load generator, % of a core", [_number(_percent(p.generator_cpu_share)) for p in phases])
     for process in PROCESSES:
         label = "PSS MB, postgres (all)" if process == "postgres" else f"RSS MB, {process}"
         row(label, [_number(p.memory_mb.get(process)) for p in phases])
@@ -240,8 +246,8 @@ def plot_throughput(phases: list[PhaseResult], path: Path) -> None:
     axis.set_xticks(connections)
     axis.set_xticklabels([str(c) for c in connections])
     axis.set_xlabel("keep-alive connections (closed loop)")
-    axis.set_ylabel("per second")
-    axis.set_ylim(bottom=0)
+    axis.set_ylabel("per second (log scale)")
+    axis.set_yscale("log")  # the ceiling is an order of magnitude above the stack
     axis.grid(True, alpha=0.3)
     axis.legend()
     axis.set_title("Throughput against connections (load generator on the same cores)")

@@ -28,6 +28,7 @@ from orbilnot.infra.postgres import LocalPostgres, find_pg_bin
 from orbilnot.migrations.runner import migrate
 from orbilnot.up import gateway_env, wait_ready
 
+REPO = Path(__file__).resolve().parents[1]
 SERVICES = ("billing", "order", "notification")
 STOP_TIMEOUT_S = 10.0
 
@@ -61,7 +62,8 @@ class BenchStack:
     def spawn(self, name: str, command: list[str], env: dict[str, str], port: int) -> None:
         log: IO[bytes] = (self.logs / f"{name}.log").open("ab")
         spawned = time.monotonic()
-        self.processes[name] = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
+        # From the repository root, where `python -m bench.ceiling` finds its package.
+        self.processes[name] = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
         log.close()  # the child holds its own descriptor
         self.urls[name] = f"http://127.0.0.1:{port}"
         # The ceiling has no health route: it is ready once it accepts connections.
