@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -154,11 +155,22 @@ def statements_table(report: Report) -> str:
         "|---:|---:|---:|---:|---|",
     ]
     for s in report.statements:
-        query = s.query[:110] + ("…" if len(s.query) > 110 else "")
+        query = _abridged(s.query)
         lines.append(
             f"| {s.calls_per_order:.2f} | {s.total_ms:,.0f} | {s.mean_ms:.3f} | {s.rows_per_call:.1f} | `{query}` |"
         )
     return "\n".join(lines)
+
+
+def _abridged(query: str, width: int = 160) -> str:
+    """A statement short enough for a table row: a long select list becomes "…", so that what it
+    reads from and its WHERE clause stay in view (results.json keeps the whole text)."""
+    query = re.sub(r"^SELECT (.{40,}?) FROM ", "SELECT … FROM ", query)
+    query = re.sub(
+        r"^INSERT INTO (\S+) \(.*?\) VALUES \(.*?\)( ON CONFLICT| RETURNING|$)", r"INSERT INTO \1 … VALUES …\2", query
+    )
+    query = re.sub(r"\b(\w+)\.(\w+)\.(\w+)\b", r"\2.\3", query)  # schema.table.column → table.column
+    return query if len(query) <= width else query[: width - 1] + "…"
 
 
 def hotspots_table(report: Report) -> str:

@@ -106,3 +106,18 @@ async def test_the_open_loop_keeps_its_schedule_and_records_each_order() -> None
     assert all(p.order_id == f"order-of-{p.account_id}" for p in result.placed)
     assert all(p.sent >= p.scheduled and p.answered >= p.sent for p in result.placed)
     assert result.connections_opened <= 4
+
+
+def test_statements_are_abridged_to_what_they_read_and_where() -> None:
+    from bench.report import _abridged
+
+    select = "SELECT billing.order_events.event_id, billing.order_events.seq, billing.order_events.status FROM "
+    select += "billing.order_events WHERE billing.order_events.status = $1::VARCHAR FOR UPDATE SKIP LOCKED"
+    assert _abridged(select) == (
+        "SELECT … FROM billing.order_events WHERE order_events.status = $1::VARCHAR FOR UPDATE SKIP LOCKED"
+    )
+    insert = "INSERT INTO billing.ledger (account_id, amount) VALUES ($1::UUID, $2::NUMERIC(15, 2))"
+    assert _abridged(insert) == "INSERT INTO billing.ledger … VALUES …"
+    assert _abridged("INSERT INTO t (a) VALUES ($1) ON CONFLICT DO NOTHING") == (
+        "INSERT INTO t … VALUES … ON CONFLICT DO NOTHING"
+    )
