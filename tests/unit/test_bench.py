@@ -10,7 +10,7 @@ from pathlib import Path
 
 from bench.loadgen import Http1Connection, LoadSpec, open_loop
 from bench.profiling import hotspots
-from bench.report import PhaseResult, markdown_table, percentiles, text_table
+from bench.report import PhaseResult, _abridged, markdown_table, percentiles, text_table
 
 
 def test_percentiles_are_nearest_rank() -> None:
@@ -109,8 +109,6 @@ async def test_the_open_loop_keeps_its_schedule_and_records_each_order() -> None
 
 
 def test_statements_are_abridged_to_what_they_read_and_where() -> None:
-    from bench.report import _abridged
-
     select = "SELECT billing.order_events.event_id, billing.order_events.seq, billing.order_events.status FROM "
     select += "billing.order_events WHERE billing.order_events.status = $1::VARCHAR FOR UPDATE SKIP LOCKED"
     assert _abridged(select) == (
