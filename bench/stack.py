@@ -45,7 +45,8 @@ class BenchStack:
 
     @property
     def database_url(self) -> str:
-        """For asyncpg (the services' URL names SQLAlchemy's driver)."""
+        """The owner's URL (a superuser: it reads every schema, pg_stat_statements and may ALTER
+        SYSTEM), for asyncpg (the services' URLs name SQLAlchemy's driver)."""
         return self.postgres.url.replace("postgresql+asyncpg://", "postgresql://")
 
     def port(self, name: str) -> int:
@@ -145,10 +146,13 @@ def running_stack(results: Path, kafka_lib: Path) -> Iterator[BenchStack]:
             stack.postgres.start()
             asyncio.run(_enable_pg_stat_statements(stack))
             stack.pg_stat_statements = True
-        asyncio.run(migrate(stack.postgres.url))
+        # As the owner, which also sets up the services' roles (SPEC §9).
+        asyncio.run(migrate(stack.postgres.url, stack.postgres.service_passwords))
         env = {
             **os.environ,
             "DATABASE_URL": stack.postgres.url,
+            # Each service as its own role, as `orbilnot up` runs them.
+            **{f"{service.upper()}_DATABASE_URL": stack.postgres.service_url(service) for service in SERVICES},
             "KAFKA_BOOTSTRAP_SERVERS": stack.kafka.bootstrap_servers,
             "LOG_LEVEL": "WARNING",
         }
