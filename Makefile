@@ -2,6 +2,7 @@
 #   make run    virtualenv + packages + Kafka jars, then `orbilnot up`
 #   make test   the same set-up + newman + helm, then every test (starts its own PostgreSQL and Kafka)
 #   make chaos  the reliability suite's long form
+#   make bench  the stack on its own infrastructure, measured (PROFILE=1: with py-spy profiles)
 #   make lint   ruff and mypy
 #   make image       the Docker image from this checkout (needs a Docker engine: scripts/docker-engine.sh up)
 #   make image-test  build the image and run the system as its containers (installs and starts Docker)
@@ -13,7 +14,7 @@ BIN := $(VENV)/bin
 KAFKA_LIB := .orbilnot/kafka-lib
 TESTS ?= tests/unit tests/integration tests/e2e tests/reliability tests/deploy
 
-.PHONY: run test chaos lint format setup kafka-jars helm clean lock image image-test
+.PHONY: run test chaos bench lint format setup kafka-jars helm clean lock image image-test
 
 run: setup kafka-jars
 	$(BIN)/orbilnot up
@@ -36,14 +37,19 @@ image:
 image-test: setup kafka-jars node_modules/.installed
 	$(PY) -m pytest tests/image -v
 
+# Throughput, latency per stage and CPU per order of every process; results in bench-results/
+# (README, "Performance"). BENCH_ARGS passes options through: `make bench BENCH_ARGS=--help`.
+bench: setup kafka-jars
+	$(PY) -m bench $(if $(PROFILE),--profile) $(BENCH_ARGS)
+
 lint: setup
-	$(BIN)/ruff check src tests scripts
-	$(BIN)/ruff format --check src tests scripts
+	$(BIN)/ruff check src tests scripts bench
+	$(BIN)/ruff format --check src tests scripts bench
 	$(BIN)/mypy
 
 format: setup
-	$(BIN)/ruff format src tests
-	$(BIN)/ruff check --fix src tests
+	$(BIN)/ruff format src tests scripts bench
+	$(BIN)/ruff check --fix src tests scripts bench
 
 setup: $(VENV)/.installed
 
