@@ -9,8 +9,9 @@ from __future__ import annotations
 import os
 from typing import Annotated
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from sqlalchemy.engine import make_url
 
 
 class ProcessSettings(BaseSettings):
@@ -23,10 +24,32 @@ class ProcessSettings(BaseSettings):
     log_format: str = Field(default="json", pattern="^(json|text)$")
 
 
-class ServiceSettings(ProcessSettings):
-    """Configuration of one billing, order or notification process."""
+class DatabaseSettings(ProcessSettings):
+    """Where the database is: DATABASE_URL, and optionally DATABASE_PASSWORD.
+
+    A password with URL-reserved characters (`@`, `/`, `%`, `:` ...) breaks a URL it is pasted
+    into. Given separately as DATABASE_PASSWORD (as the Helm chart does, from a Secret), it
+    replaces any password in DATABASE_URL and is percent-encoded here, whatever it contains.
+    """
 
     database_url: str
+    database_password: SecretStr | None = None
+
+    @field_validator("database_url")
+    @classmethod
+    def _use_asyncpg(cls, url: str) -> str:
+        return async_database_url(url)
+
+    @model_validator(mode="after")
+    def _insert_password(self) -> DatabaseSettings:
+        if self.database_password is not None:
+            self.database_url = url_with_password(self.database_url, self.database_password.get_secret_value())
+        return self
+
+
+class ServiceSettings(DatabaseSettings):
+    """Configuration of one billing, order or notification process."""
+
     kafka_bootstrap_servers: str
 
     order_event_topic: str = "order.event"
@@ -39,11 +62,6 @@ class ServiceSettings(ProcessSettings):
     safety_net_poll_s: float = Field(default=1.0, gt=0)
     relay_batch_size: int = Field(default=200, ge=1)
     consumer_batch_size: int = Field(default=500, ge=1)
-
-    @field_validator("database_url")
-    @classmethod
-    def _use_asyncpg(cls, url: str) -> str:
-        return async_database_url(url)
 
     @classmethod
     def of(cls, service: str) -> ServiceSettings:
@@ -90,3 +108,8 @@ def async_database_url(url: str) -> str:
         if url.startswith(prefix):
             return "postgresql+asyncpg://" + url[len(prefix) :]
     return url
+
+
+def url_with_password(url: str, password: str) -> str:
+    """`url` with its password replaced by `password`, percent-encoded as a URL needs it."""
+    return make_url(url).set(password=password).render_as_string(hide_password=False)

@@ -50,6 +50,11 @@ class ServiceKernel:
         self.settings = settings
         self.service = service
         self.engine = create_engine(settings, application_name=f"orbilnot-{service}")
+        # Readiness asks the database through a connection of its own: under load every pooled
+        # connection is in use, and a probe waiting for one would mark a busy pod unready (and
+        # then the next one, as the load moves over). One more connection per pod, counted in the
+        # chart's connection budget.
+        self._health_engine = create_engine(settings, application_name=f"orbilnot-{service}-health", pool_size=1)
         self.producer = ProducerHandle(settings.kafka_bootstrap_servers, client_id=f"orbilnot-{service}")
         self._workers: list[Worker] = []
         self._relays: list[OutboxRelay[Any]] = []
@@ -145,10 +150,11 @@ class ServiceKernel:
         await asyncio.gather(*(w.stop() for w in self._workers))
         await self.producer.close()
         await self.engine.dispose()
+        await self._health_engine.dispose()
 
     async def readiness(self) -> dict[str, bool]:
         return {
-            "database": await database_is_up(self.engine),
+            "database": await database_is_up(self._health_engine),
             "kafka": self.producer.connected and all(c.running for c in self._consumers),
         }
 
