@@ -11,6 +11,7 @@ import kubernetes_validate
 import pytest
 import yaml
 from deploy_support import (
+    ALL_OPTIONS,
     CHART,
     CUSTOM,
     DEFAULT,
@@ -22,6 +23,7 @@ from deploy_support import (
     all_containers,
     container_port_numbers,
     containers,
+    expected_image,
     orbilnot_argv,
     parse_addresses,
     parse_cli,
@@ -64,7 +66,7 @@ def fullname(mode: Mode) -> str:
 # ------------------------------------------------------------------------------ lint and render
 
 
-@pytest.mark.parametrize("mode", [DEFAULT, EXTERNAL], ids=lambda m: m.name)
+@pytest.mark.parametrize("mode", [DEFAULT, EXTERNAL, ALL_OPTIONS], ids=lambda m: m.name)
 def test_helm_lint_strict(helm: str, mode: Mode) -> None:
     args = ["lint", "--strict", str(CHART)]
     for path in mode.values_files:
@@ -182,7 +184,7 @@ def test_migration_job_is_a_plain_retrying_job(rendered: Rendered) -> None:
 
 def test_job_and_deployments_use_one_image(rendered: Rendered) -> None:
     values = rendered.mode.values()
-    expected = f"{values['image']['repository']}:{values['image']['tag'] or _app_version()}"
+    expected = expected_image(values, values["image"], _app_version())
     images = {}
     for workload, container in all_containers(rendered):
         if workload["kind"] in ("Job", "Deployment"):
@@ -302,10 +304,11 @@ def test_env_references_resolve(rendered: Rendered) -> None:
                     f"{where}: Secret {secret_name} has no key {key}"
                 )
             else:
-                external = values["externalDatabase"]
-                assert not values["postgresql"]["enabled"], f"{where}: Secret {secret_name} is not rendered"
-                assert secret_name == external["existingSecret"], where
-                assert key in {external["existingSecretPasswordKey"], *SERVICE_PASSWORD_KEYS.values()}, where
+                # Not rendered: it must be the operator's own Secret the values name.
+                source = values["postgresql"] if values["postgresql"]["enabled"] else values["externalDatabase"]
+                assert source["existingSecret"], f"{where}: Secret {secret_name} is not rendered"
+                assert secret_name == source["existingSecret"], where
+                assert key in {source["existingSecretPasswordKey"], *SERVICE_PASSWORD_KEYS.values()}, where
 
 
 def test_env_addresses_name_rendered_services_or_external_values(rendered: Rendered) -> None:
@@ -349,13 +352,15 @@ def test_env_addresses_name_rendered_services_or_external_values(rendered: Rende
 SERVICE_PASSWORD_KEYS = {service: f"{service}-password" for service in SERVICE_SCHEMAS}
 
 
-def test_database_url_credentials_come_from_the_secret(rendered: Rendered) -> None:
+def test_database_credentials_come_from_the_secret_outside_the_url(rendered: Rendered) -> None:
     """SPEC §9: the migration Job connects as the owner and is given every service's password
     (which `orbilnot migrate` sets on the service roles); each service pod, its wait included,
-    connects as its own role with that same password; every password comes from the Secret."""
+    connects as its own role with that same password; every password comes from the Secret.
+    Issue 13: no password is pasted into DATABASE_URL (where `@` or `/` in it would break the
+    URL): DATABASE_PASSWORD carries it and the application encodes it."""
     values = rendered.mode.values()
     db = values["postgresql"] if values["postgresql"]["enabled"] else values["externalDatabase"]
-    owner_key = "password" if values["postgresql"]["enabled"] else db["existingSecretPasswordKey"]
+    owner_key = db["existingSecretPasswordKey"] if db.get("existingSecret") else "password"
     roles_seen = set()
     for workload, container in all_containers(rendered):
         env = resolve_env(rendered, container)
@@ -365,8 +370,10 @@ def test_database_url_credentials_come_from_the_secret(rendered: Rendered) -> No
         url = env.values["DATABASE_URL"]
         assert url.startswith("postgresql://"), url
         credentials = url.removeprefix("postgresql://").split("@")[0]
-        user, _, password = credentials.partition(":")
-        assert password in env.secrets, f"{where}: password is not from a Secret: {url}"
+        assert ":" not in credentials, f"{where}: a password inside DATABASE_URL: {url}"
+        user = credentials
+        password = env.values.get("DATABASE_PASSWORD", "")
+        assert password in env.secrets, f"{where}: DATABASE_PASSWORD is not from a Secret"
         assert url.split("/")[-1].split("?")[0] == db["database"]
         role = workload_role(workload)
         if role == "migrate":
