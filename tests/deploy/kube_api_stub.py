@@ -18,8 +18,21 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-_CORE = [("secrets", "Secret"), ("configmaps", "ConfigMap"), ("services", "Service"), ("pods", "Pod")]
-_APPS = [("statefulsets", "StatefulSet"), ("deployments", "Deployment")]
+_CORE = [
+    ("secrets", "Secret"),
+    ("configmaps", "ConfigMap"),
+    ("services", "Service"),
+    ("pods", "Pod"),
+    ("serviceaccounts", "ServiceAccount"),
+]
+_GROUPS = {
+    "apps/v1": [("statefulsets", "StatefulSet"), ("deployments", "Deployment")],
+    "batch/v1": [("jobs", "Job")],
+    "policy/v1": [("poddisruptionbudgets", "PodDisruptionBudget")],
+    "networking.k8s.io/v1": [("networkpolicies", "NetworkPolicy"), ("ingresses", "Ingress")],
+    "autoscaling/v2": [("horizontalpodautoscalers", "HorizontalPodAutoscaler")],
+}
+_PLURALS = {kind: name for name, kind in _CORE + [pair for pairs in _GROUPS.values() for pair in pairs]}
 
 
 def _resources(group_version: str, kinds: list[tuple[str, str]]) -> dict[str, Any]:
@@ -42,20 +55,20 @@ _DISCOVERY: dict[str, Any] = {
         "apiVersion": "v1",
         "groups": [
             {
-                "name": "apps",
-                "versions": [{"groupVersion": "apps/v1", "version": "v1"}],
-                "preferredVersion": {"groupVersion": "apps/v1", "version": "v1"},
+                "name": gv.split("/")[0],
+                "versions": [{"groupVersion": gv, "version": gv.split("/")[1]}],
+                "preferredVersion": {"groupVersion": gv, "version": gv.split("/")[1]},
             }
+            for gv in _GROUPS
         ],
     },
     "/api/v1": _resources("v1", _CORE),
-    "/apis/apps/v1": _resources("apps/v1", _APPS),
+    **{f"/apis/{gv}": _resources(gv, kinds) for gv, kinds in _GROUPS.items()},
 }
 
 
 def object_path(obj: dict[str, Any]) -> str:
-    kind = obj["kind"]
-    plural = {kind: name for name, kind in _CORE + _APPS}[kind]
+    plural = _PLURALS[obj["kind"]]
     prefix = "/api/v1" if obj["apiVersion"] == "v1" else f"/apis/{obj['apiVersion']}"
     return f"{prefix}/namespaces/{obj['metadata']['namespace']}/{plural}/{obj['metadata']['name']}"
 
@@ -70,6 +83,8 @@ def kube_api(objects: list[dict[str, Any]], directory: Path) -> Iterator[Path]:
             path = urlparse(self.path).path
             body = _DISCOVERY.get(path) or by_path.get(path)
             code = 200
+            if body is None and path.endswith("/secrets"):
+                body = {"kind": "SecretList", "apiVersion": "v1", "metadata": {}, "items": []}  # no releases
             if body is None:
                 code = 404
                 body = {"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound", "code": 404}

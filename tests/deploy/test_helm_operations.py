@@ -526,3 +526,33 @@ def test_all_options_values_file_sets_every_operator_option() -> None:
     if not options["postgresql"].get("existingSecret") or not options["postgresql"].get("maxConnections"):
         missing.append("postgresql.existingSecret/maxConnections")
     assert not missing, f"all-options-values.yaml does not set: {missing}"
+
+
+# ------------------------------------------------------------------------------------- NOTES
+
+
+def test_notes_say_what_uninstall_keeps(helm: str, tmp_path: Path) -> None:
+    def notes(*args: str) -> str:
+        with kube_api([], tmp_path) as kubeconfig:
+            proc = subprocess.run(
+                [
+                    *(helm, "install", "orbilnot", str(CHART), "--namespace", NAMESPACE),
+                    *("--dry-run=server", "--disable-openapi-validation", *args),
+                ],
+                cwd=REPO,
+                env={**os.environ, "KUBECONFIG": str(kubeconfig)},
+                capture_output=True,
+                text=True,
+                timeout=120,
+                check=False,
+            )
+        assert proc.returncode == 0, proc.stderr
+        return proc.stdout.split("NOTES:", 1)[1]
+
+    bundled = notes()
+    assert "helm uninstall orbilnot` keeps" in bundled
+    assert "PersistentVolumeClaim data-orbilnot-postgresql-0" in bundled
+    assert "Secret orbilnot-postgresql (helm.sh/resource-policy: keep)" in bundled
+    assert "helm test orbilnot" in bundled
+    external = notes("--values", str(EXTERNAL_VALUES))
+    assert "nothing: the database and Kafka are external" in external
