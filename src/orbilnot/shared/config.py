@@ -7,11 +7,13 @@ ORDER_URL, NOTIFICATION_URL. Everything else has a default a local run can live 
 from __future__ import annotations
 
 import os
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from sqlalchemy.engine import make_url
+
+from orbilnot.shared.kafka import KafkaConnection
 
 
 class ProcessSettings(BaseSettings):
@@ -51,6 +53,16 @@ class ServiceSettings(DatabaseSettings):
     """Configuration of one billing, order or notification process."""
 
     kafka_bootstrap_servers: str
+    # A secured cluster: SASL (PLAIN or SCRAM) with or without TLS; KAFKA_SSL_CAFILE is the CA
+    # that signed the brokers' certificates (empty: the system's trusted CAs).
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = "SCRAM-SHA-512"
+    kafka_sasl_username: str | None = None
+    kafka_sasl_password: SecretStr | None = None
+    kafka_ssl_cafile: str | None = None
+    # The topics this service creates when they are missing (existing ones are left alone).
+    kafka_topic_replication_factor: int = Field(default=1, ge=1)
+    kafka_topic_min_insync_replicas: int | None = Field(default=None, ge=1)
 
     order_event_topic: str = "order.event"
     payment_event_topic: str = "payment.event"
@@ -70,6 +82,28 @@ class ServiceSettings(DatabaseSettings):
         processes (`orbilnot infra env`) while each connects as itself."""
         own_url = os.environ.get(f"{service.upper()}_DATABASE_URL")
         return cls(database_url=own_url) if own_url else cls()
+
+    @model_validator(mode="after")
+    def _sasl_needs_credentials(self) -> ServiceSettings:
+        if self.kafka_security_protocol.startswith("SASL_") and not (
+            self.kafka_sasl_username and self.kafka_sasl_password
+        ):
+            raise ValueError(
+                f"KAFKA_SECURITY_PROTOCOL={self.kafka_security_protocol} "
+                "needs KAFKA_SASL_USERNAME and KAFKA_SASL_PASSWORD"
+            )
+        return self
+
+    def kafka_connection(self) -> KafkaConnection:
+        sasl = self.kafka_security_protocol.startswith("SASL_")
+        return KafkaConnection(
+            bootstrap_servers=self.kafka_bootstrap_servers,
+            security_protocol=self.kafka_security_protocol,
+            sasl_mechanism=self.kafka_sasl_mechanism if sasl else None,
+            sasl_username=self.kafka_sasl_username if sasl else None,
+            sasl_password=self.kafka_sasl_password.get_secret_value() if sasl and self.kafka_sasl_password else None,
+            ssl_cafile=self.kafka_ssl_cafile or None,
+        )
 
 
 class GatewaySettings(ProcessSettings):

@@ -55,7 +55,8 @@ class ServiceKernel:
         # then the next one, as the load moves over). One more connection per pod, counted in the
         # chart's connection budget.
         self._health_engine = create_engine(settings, application_name=f"orbilnot-{service}-health", pool_size=1)
-        self.producer = ProducerHandle(settings.kafka_bootstrap_servers, client_id=f"orbilnot-{service}")
+        self.kafka = settings.kafka_connection()
+        self.producer = ProducerHandle(self.kafka, client_id=f"orbilnot-{service}")
         self._workers: list[Worker] = []
         self._relays: list[OutboxRelay[Any]] = []
         self._consumers: list[IdempotentConsumer[Any]] = []
@@ -106,7 +107,7 @@ class ServiceKernel:
             handle=handle,
             engine=self.engine,
             producer=self.producer,
-            bootstrap_servers=self.settings.kafka_bootstrap_servers,
+            kafka=self.kafka,
             client_id=f"orbilnot-{self.service}",
             batch_size=self.settings.consumer_batch_size,
             after_commit=after_commit,
@@ -124,9 +125,11 @@ class ServiceKernel:
         while True:
             try:
                 await ensure_topics(
-                    self.settings.kafka_bootstrap_servers,
+                    self.kafka,
                     self._topics,
                     partitions=self.settings.topic_partitions,
+                    replication_factor=self.settings.kafka_topic_replication_factor,
+                    min_insync_replicas=self.settings.kafka_topic_min_insync_replicas,
                 )
                 await self.producer.connect()
                 break
