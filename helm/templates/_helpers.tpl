@@ -202,6 +202,14 @@ Secret: generated on install and kept on upgrades like the owner's; never a valu
 {{- if and .Values.kafka.enabled .Values.externalKafka.bootstrapServers -}}
 {{- fail "\n\nexternalKafka.bootstrapServers is set but kafka.enabled is true: set kafka.enabled=false to use the external Kafka (or clear externalKafka.bootstrapServers)." -}}
 {{- end -}}
+{{- if and .Values.kafka.enabled (gt (int .Values.config.topicReplicationFactor) 1) -}}
+{{- fail "\n\nconfig.topicReplicationFactor is above 1, but the bundled Kafka is a single broker: keep 1, or use an external cluster (kafka.enabled=false)." -}}
+{{- end -}}
+{{- with .Values.externalKafka -}}
+{{- if and (not $.Values.kafka.enabled) (hasPrefix "SASL_" .securityProtocol) (or (not .sasl.username) (not .sasl.existingSecret)) -}}
+{{- fail (printf "\n\nexternalKafka.securityProtocol is %s: set externalKafka.sasl.username and externalKafka.sasl.existingSecret (the Secret with the password)." .securityProtocol) -}}
+{{- end -}}
+{{- end -}}
 {{- include "orbilnot.validateConnectionBudget" . -}}
 {{- end -}}
 
@@ -250,6 +258,29 @@ DATABASE_PASSWORD, which the application encodes into the URL. (dict "root" $ "s
 {{- if and (not .Values.postgresql.enabled) .Values.externalDatabase.query -}}
 {{- printf "?%s" .Values.externalDatabase.query -}}
 {{- end -}}
+{{- end -}}
+
+{{/* True (non-empty) when the services authenticate to an external Kafka with SASL. */}}
+{{- define "orbilnot.kafka.sasl" -}}
+{{- if and (not .Values.kafka.enabled) (hasPrefix "SASL_" .Values.externalKafka.securityProtocol) -}}true{{- end -}}
+{{- end -}}
+
+{{/* True (non-empty) when a CA certificate for the external Kafka is mounted. */}}
+{{- define "orbilnot.kafka.caMounted" -}}
+{{- if and (not .Values.kafka.enabled) .Values.externalKafka.tls.caSecret (has .Values.externalKafka.securityProtocol (list "SSL" "SASL_SSL")) -}}true{{- end -}}
+{{- end -}}
+
+{{- define "orbilnot.kafka.caDirectory" -}}/etc/orbilnot/kafka-ca{{- end -}}
+
+{{/* The SASL password of the external Kafka, from its Secret (service containers only). */}}
+{{- define "orbilnot.kafkaEnv" -}}
+{{- if include "orbilnot.kafka.sasl" . }}
+- name: KAFKA_SASL_PASSWORD
+  valueFrom:
+    secretKeyRef:
+      name: {{ .Values.externalKafka.sasl.existingSecret }}
+      key: {{ .Values.externalKafka.sasl.existingSecretPasswordKey }}
+{{- end }}
 {{- end -}}
 
 {{/* envFrom of every container that talks to PostgreSQL and Kafka. */}}

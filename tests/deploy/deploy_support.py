@@ -112,9 +112,25 @@ CUSTOM = Mode(
         "config.topicPartitions=12",
     ),
 )
+# An external Kafka that wants SCRAM-SHA-512 over TLS, with replicated topics.
+EXTERNAL_SECURED = Mode(
+    "external-secured",
+    values_files=(EXTERNAL_VALUES,),
+    set_values=(
+        "externalKafka.securityProtocol=SASL_SSL",
+        "externalKafka.sasl.mechanism=SCRAM-SHA-512",
+        "externalKafka.sasl.username=orbilnot",
+        "externalKafka.sasl.existingSecret=orbilnot-kafka",
+        "externalKafka.sasl.existingSecretPasswordKey=sasl-password",
+        "externalKafka.tls.caSecret=kafka-ca",
+        "externalKafka.tls.caSecretKey=ca.pem",
+        "config.topicReplicationFactor=3",
+        "config.topicMinInsyncReplicas=2",
+    ),
+)
 # Every operator option set at once (helm/ci/all-options-values.yaml).
 ALL_OPTIONS = Mode("all-options", values_files=(ALL_OPTIONS_VALUES,))
-MODES = (DEFAULT, EXTERNAL, CUSTOM, ALL_OPTIONS)
+MODES = (DEFAULT, EXTERNAL, EXTERNAL_SECURED, CUSTOM, ALL_OPTIONS)
 
 
 # ------------------------------------------------------------------------------ rendered objects

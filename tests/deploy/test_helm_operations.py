@@ -21,6 +21,7 @@ from deploy_support import (
     CHART,
     DEFAULT,
     EXTERNAL,
+    EXTERNAL_SECURED,
     EXTERNAL_VALUES,
     NAMESPACE,
     REPO,
@@ -74,10 +75,17 @@ def test_existing_secret_replaces_the_generated_one(render: Callable[[Mode], Ren
     rendered = render(ALL_OPTIONS)  # postgresql.existingSecret: shop-db-credentials / db-password
     assert not rendered.of_kind("Secret"), "the operator's Secret is used, none is generated"
     for workload in rendered.workloads():
+        role = workload_role(workload)
         for container in containers(workload):
             env = resolve_env(rendered, container)
             if "POSTGRES_PASSWORD" in env.values or "DATABASE_URL" in env.values:
-                assert set(env.secrets.values()) == {("shop-db-credentials", "db-password")}, workload["metadata"]
+                names = {name for name, _ in env.secrets.values()}
+                assert names == {"shop-db-credentials"}, workload["metadata"]["name"]
+                owner_key = ("shop-db-credentials", "db-password")
+                own_key = ("shop-db-credentials", f"{role}-password")
+                expected = owner_key if role in ("migrate", "postgresql") else own_key
+                password = env.values.get("POSTGRES_PASSWORD") or env.values["DATABASE_PASSWORD"]
+                assert env.secrets[password] == expected, f"{workload['metadata']['name']}/{container['name']}"
 
 
 def _checksums(rendered: Rendered) -> set[str]:
@@ -86,15 +94,6 @@ def _checksums(rendered: Rendered) -> set[str]:
         if workload_role(workload) in (*STATELESS, "migrate"):
             found.add(pod_template(workload)["metadata"]["annotations"]["checksum/secret"])
     return found
-
-
-def test_pods_roll_when_the_database_password_changes(render: Callable[[Mode], Rendered]) -> None:
-    first = _checksums(render(Mode("pw-a", set_values=("postgresql.password=first",))))
-    again = _checksums(render(Mode("pw-a2", set_values=("postgresql.password=first",))))
-    second = _checksums(render(Mode("pw-b", set_values=("postgresql.password=second",))))
-    assert len(first) == 1, "every orbilnot pod carries the same password checksum"
-    assert first == again
-    assert first != second
 
 
 @pytest.fixture
@@ -135,6 +134,26 @@ def test_install_after_uninstall_reuses_the_kept_password(
     assert proc.returncode == 0, proc.stderr
     (secret,) = [o for o in parse_manifests(proc.stdout) if o["kind"] == "Secret"]
     assert base64.b64decode(secret["data"]["password"]).decode() == "the-kept-password"
+
+
+def test_pods_roll_when_the_database_passwords_change(
+    helm_with_cluster: Callable[..., subprocess.CompletedProcess[str]],
+) -> None:
+    """The generated Secret, as installed (read back with lookup): the same passwords give the
+    same checksum on every orbilnot pod; a changed one (the owner's or a service's) rolls them."""
+
+    def checksums(**passwords: str) -> set[str]:
+        keys = {"password": "owner", "billing-password": "b", "order-password": "o", "notification-password": "n"}
+        keys.update({key.replace("_", "-"): value for key, value in passwords.items()})
+        proc = helm_with_cluster([_secret("orbilnot-postgresql", username="orbilnot", **keys)])
+        assert proc.returncode == 0, proc.stderr
+        return _checksums(Rendered(DEFAULT, parse_manifests(proc.stdout)))
+
+    first = checksums()
+    assert len(first) == 1, "every orbilnot pod carries the same password checksum"
+    assert first == checksums()
+    assert first != checksums(password="owner-changed")
+    assert first != checksums(order_password="o-changed")
 
 
 def test_pods_roll_when_an_existing_secret_changes(
@@ -556,3 +575,48 @@ def test_notes_say_what_uninstall_keeps(helm: str, tmp_path: Path) -> None:
     assert "helm test orbilnot" in bundled
     external = notes("--values", str(EXTERNAL_VALUES))
     assert "nothing: the database and Kafka are external" in external
+
+
+# ------------------------------------------------------------------------------ secured Kafka
+
+
+def test_secured_external_kafka_reaches_the_services(render: Callable[[Mode], Rendered]) -> None:
+    """The settings the chart renders build the client the services will use: SCRAM over TLS,
+    the password from the operator's Secret, the CA file where its Secret is mounted."""
+    rendered = render(EXTERNAL_SECURED)
+    for service in APP_SERVICES:
+        workload = by_role(rendered)[service]
+        main = pod_spec(workload)["containers"][0]
+        env = resolve_env(rendered, main)
+        password_token = env.values["KAFKA_SASL_PASSWORD"]
+        assert env.secrets[password_token] == ("orbilnot-kafka", "sasl-password")
+        settings = ServiceSettings(
+            **{k.lower(): v for k, v in env.values.items() if k != "DATABASE_URL"}, database_url="postgresql://u@h/db"
+        )  # type: ignore[arg-type]
+        connection = settings.kafka_connection()
+        assert (connection.security_protocol, connection.sasl_mechanism, connection.sasl_username) == (
+            "SASL_SSL",
+            "SCRAM-SHA-512",
+            "orbilnot",
+        )
+        assert (settings.kafka_topic_replication_factor, settings.kafka_topic_min_insync_replicas) == (3, 2)
+        cafile = Path(str(connection.ssl_cafile))
+        mounts = {m["mountPath"]: m["name"] for m in main["volumeMounts"]}
+        volume_name = mounts[str(cafile.parent)]
+        (volume,) = [v for v in pod_spec(workload)["volumes"] if v["name"] == volume_name]
+        assert volume["secret"]["secretName"] == "kafka-ca"
+        assert cafile.name == "ca.pem"
+
+
+def test_bundled_kafka_stays_plaintext_and_unreplicated(render: Callable[[Mode], Rendered], helm: str) -> None:
+    rendered = render(DEFAULT)
+    main = pod_spec(by_role(rendered)["order"])["containers"][0]
+    env = resolve_env(rendered, main).values
+    assert "KAFKA_SECURITY_PROTOCOL" not in env and "KAFKA_SASL_PASSWORD" not in env
+    assert env["KAFKA_TOPIC_REPLICATION_FACTOR"] == "1"
+    assert "single broker" in render_failure(helm, "config.topicReplicationFactor=3")
+
+
+def test_sasl_without_credentials_fails_clearly(helm: str) -> None:
+    message = render_failure(helm, "externalKafka.securityProtocol=SASL_PLAINTEXT", values_files=(EXTERNAL_VALUES,))
+    assert "externalKafka.sasl.username and externalKafka.sasl.existingSecret" in message

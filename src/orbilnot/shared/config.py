@@ -19,7 +19,9 @@ from orbilnot.shared.kafka import KafkaConnection
 class ProcessSettings(BaseSettings):
     """What every orbilnot process reads: how to log."""
 
-    model_config = SettingsConfigDict(env_prefix="", case_sensitive=False, extra="ignore")
+    # An empty variable counts as unset: Compose passes `${VAR:-}` through as "" for options the
+    # operator did not set.
+    model_config = SettingsConfigDict(env_prefix="", case_sensitive=False, extra="ignore", env_ignore_empty=True)
 
     log_level: str = "INFO"
     # JSON log lines in production; `orbilnot up` sets LOG_FORMAT=text for a readable console.
