@@ -3,6 +3,7 @@
 #   make test   the same set-up + newman + helm, then every test (starts its own PostgreSQL and Kafka)
 #   make chaos  the reliability suite's long form
 #   make lint   ruff and mypy
+#   make k8s-test  the chart on a live single-node Kubernetes of its own (root; README, "Deploy")
 
 PYTHON ?= python3
 VENV := .venv
@@ -11,7 +12,7 @@ BIN := $(VENV)/bin
 KAFKA_LIB := .orbilnot/kafka-lib
 TESTS ?= tests/unit tests/integration tests/e2e tests/reliability tests/deploy
 
-.PHONY: run test chaos lint format setup kafka-jars helm clean lock
+.PHONY: run test chaos lint format setup kafka-jars helm clean lock k8s-test
 
 run: setup kafka-jars
 	$(BIN)/orbilnot up
@@ -22,6 +23,15 @@ test: setup kafka-jars node_modules/.installed helm
 # The reliability suite's long form: more orders, more kills (README, "Guarantees").
 chaos: setup kafka-jars
 	ORBILNOT_CHAOS=long $(PY) -m pytest tests/reliability -v
+
+# Builds (once, into /var/cache/orbilnot-k8s) the Kubernetes binaries and the images, then
+# starts a cluster from nothing, runs the chart's day-1 and day-2 steps on it and tears it down.
+k8s-test: setup kafka-jars helm
+	apt-get install -y -q etcd-server containerd runc containernetworking-plugins conntrack socat iptables >/dev/null \
+	  || (apt-get update -q >/dev/null && apt-get install -y -q etcd-server containerd runc containernetworking-plugins conntrack socat iptables >/dev/null)
+	./scripts/k8s/build-binaries.sh >/dev/null
+	./scripts/k8s/build-images.sh >/dev/null
+	$(PY) -m pytest tests/k8s -v -s
 
 lint: setup
 	$(BIN)/ruff check src tests scripts

@@ -127,8 +127,9 @@ class SecuredListeners:
 
 
 class LocalKafka:
-    """One Kafka broker listening on 127.0.0.1:`port`, its KRaft controller on `controller_port`,
-    and optionally `secured` client listeners (the PLAINTEXT one stays for tools and probes)."""
+    """One Kafka broker listening on `host`:`port` (127.0.0.1 unless given), its KRaft controller
+    on 127.0.0.1:`controller_port`, and optionally `secured` client listeners (the PLAINTEXT one
+    stays for tools and probes)."""
 
     def __init__(
         self,
@@ -137,8 +138,10 @@ class LocalKafka:
         controller_port: int,
         lib_dir: Path,
         secured: SecuredListeners | None = None,
+        host: str = "127.0.0.1",
     ) -> None:
         self.data_dir = data_dir.resolve()
+        self.host = host
         self.port = port
         self.controller_port = controller_port
         self.lib_dir = lib_dir.resolve()
@@ -147,7 +150,7 @@ class LocalKafka:
 
     @property
     def bootstrap_servers(self) -> str:
-        return f"127.0.0.1:{self.port}"
+        return f"{self.host}:{self.port}"
 
     @property
     def pid_file(self) -> Path:
@@ -239,8 +242,8 @@ class LocalKafka:
         return self.data_dir / "kraft"
 
     def _listeners(self) -> str:
-        listeners = [f"PLAINTEXT://127.0.0.1:{self.port}", f"CONTROLLER://127.0.0.1:{self.controller_port}"]
-        listeners += [f"{name}://127.0.0.1:{port}" for name, (_, port) in self.secured.listeners().items()]
+        listeners = [f"PLAINTEXT://{self.host}:{self.port}", f"CONTROLLER://127.0.0.1:{self.controller_port}"]
+        listeners += [f"{name}://{self.host}:{port}" for name, (_, port) in self.secured.listeners().items()]
         return ",".join(listeners)
 
     def _check_running_config(self) -> None:
@@ -265,8 +268,8 @@ class LocalKafka:
             "controller.quorum.voters": f"1@127.0.0.1:{self.controller_port}",
             "listeners": self._listeners(),
             "advertised.listeners": ",".join(
-                [f"PLAINTEXT://127.0.0.1:{self.port}"]
-                + [f"{name}://127.0.0.1:{port}" for name, (_, port) in self.secured.listeners().items()]
+                [f"PLAINTEXT://{self.host}:{self.port}"]
+                + [f"{name}://{self.host}:{port}" for name, (_, port) in self.secured.listeners().items()]
             ),
             "inter.broker.listener.name": "PLAINTEXT",
             "controller.listener.names": "CONTROLLER",
@@ -365,7 +368,7 @@ class LocalKafka:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise TimeoutError(f"Kafka did not become ready on {self.bootstrap_servers}:\n{self._diagnostics()}")
-            if _port_open(self.port) and _broker_answers(self.bootstrap_servers, min(remaining, 5.0)):
+            if _port_open(self.port, self.host) and _broker_answers(self.bootstrap_servers, min(remaining, 5.0)):
                 return
             time.sleep(0.1)
 
@@ -435,10 +438,10 @@ def _is_warning_or_error(line: str) -> bool:
     return " WARN " in line or " ERROR " in line or line.startswith(("\tat ", "Caused by"))
 
 
-def _port_open(port: int) -> bool:
+def _port_open(port: int, host: str = "127.0.0.1") -> bool:
     with socket.socket() as probe:
         probe.settimeout(0.5)
-        return probe.connect_ex(("127.0.0.1", port)) == 0
+        return probe.connect_ex((host, port)) == 0
 
 
 def _broker_answers(bootstrap_servers: str, timeout_s: float) -> bool:
