@@ -152,7 +152,7 @@ async def wait_until_migrated(database_url: str, timeout_s: float) -> bool:
         await engine.dispose()
 
 
-def migrate_command(*, wait: bool, timeout_s: float, connect_timeout_s: float) -> int:
+def migrate_command(*, wait: bool, timeout_s: float, connect_timeout_s: float = 60.0) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         database_url = DatabaseSettings().database_url  # DATABASE_URL (+ DATABASE_PASSWORD)
