@@ -6,6 +6,7 @@
 #   make lint   ruff and mypy
 #   make image       the Docker image from this checkout (needs a Docker engine: scripts/docker-engine.sh up)
 #   make image-test  build the image and run the system as its containers (installs and starts Docker)
+#   make k8s-test  the chart on a live single-node Kubernetes of its own (root; README, "Deploy")
 
 PYTHON ?= python3
 VENV := .venv
@@ -14,7 +15,7 @@ BIN := $(VENV)/bin
 KAFKA_LIB := .orbilnot/kafka-lib
 TESTS ?= tests/unit tests/integration tests/e2e tests/reliability tests/deploy
 
-.PHONY: run test chaos bench lint format setup kafka-jars helm clean lock image image-test
+.PHONY: run test chaos bench lint format setup kafka-jars helm clean lock image image-test k8s-test
 
 run: setup kafka-jars
 	$(BIN)/orbilnot up
@@ -41,6 +42,15 @@ image-test: setup kafka-jars node_modules/.installed
 # (README, "Performance"). BENCH_ARGS passes options through: `make bench BENCH_ARGS=--help`.
 bench: setup kafka-jars
 	$(PY) -m bench $(if $(PROFILE),--profile) $(BENCH_ARGS)
+
+# Builds (once, into /var/cache/orbilnot-k8s) the Kubernetes binaries and the images, then
+# starts a cluster from nothing, runs the chart's day-1 and day-2 steps on it and tears it down.
+k8s-test: setup kafka-jars helm
+	apt-get install -y -q etcd-server containerd runc containernetworking-plugins conntrack socat iptables >/dev/null \
+	  || (apt-get update -q >/dev/null && apt-get install -y -q etcd-server containerd runc containernetworking-plugins conntrack socat iptables >/dev/null)
+	./scripts/k8s/build-binaries.sh >/dev/null
+	./scripts/k8s/build-images.sh >/dev/null
+	$(PY) -m pytest tests/k8s -v -s
 
 lint: setup
 	$(BIN)/ruff check src tests scripts bench

@@ -23,6 +23,12 @@ def build_parser() -> argparse.ArgumentParser:
     migrate = commands.add_parser("migrate", help="bring the database to the latest revision")
     migrate.add_argument("--wait", action="store_true", help="only wait until the database is migrated")
     migrate.add_argument("--timeout", type=float, default=300.0, help="seconds --wait waits (default 300)")
+    migrate.add_argument(
+        "--connect-timeout",
+        type=float,
+        default=60.0,
+        help="seconds migrate retries its first connection to the database (default 60)",
+    )
 
     serve = commands.add_parser("serve", help="run one service process")
     serve.add_argument("service", choices=SERVICES)
@@ -43,7 +49,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "migrate":
         from orbilnot.migrations.runner import migrate_command
 
-        return migrate_command(wait=args.wait, timeout_s=args.timeout)
+        return migrate_command(wait=args.wait, timeout_s=args.timeout, connect_timeout_s=args.connect_timeout)
     if args.command == "infra":
         from orbilnot.infra.local import infra_command
 

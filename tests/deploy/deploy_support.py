@@ -23,6 +23,7 @@ from orbilnot.cli import build_parser
 REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "helm"
 EXTERNAL_VALUES = CHART / "ci" / "external-values.yaml"
+ALL_OPTIONS_VALUES = CHART / "ci" / "all-options-values.yaml"
 ENSURE_HELM = REPO / "scripts" / "ensure-helm.sh"
 NAMESPACE = "orbilnot-test"
 
@@ -111,7 +112,25 @@ CUSTOM = Mode(
         "config.topicPartitions=12",
     ),
 )
-MODES = (DEFAULT, EXTERNAL, CUSTOM)
+# An external Kafka that wants SCRAM-SHA-512 over TLS, with replicated topics.
+EXTERNAL_SECURED = Mode(
+    "external-secured",
+    values_files=(EXTERNAL_VALUES,),
+    set_values=(
+        "externalKafka.securityProtocol=SASL_SSL",
+        "externalKafka.sasl.mechanism=SCRAM-SHA-512",
+        "externalKafka.sasl.username=orbilnot",
+        "externalKafka.sasl.existingSecret=orbilnot-kafka",
+        "externalKafka.sasl.existingSecretPasswordKey=sasl-password",
+        "externalKafka.tls.caSecret=kafka-ca",
+        "externalKafka.tls.caSecretKey=ca.pem",
+        "config.topicReplicationFactor=3",
+        "config.topicMinInsyncReplicas=2",
+    ),
+)
+# Every operator option set at once (helm/ci/all-options-values.yaml).
+ALL_OPTIONS = Mode("all-options", values_files=(ALL_OPTIONS_VALUES,))
+MODES = (DEFAULT, EXTERNAL, EXTERNAL_SECURED, CUSTOM, ALL_OPTIONS)
 
 
 # ------------------------------------------------------------------------------ rendered objects
@@ -225,9 +244,11 @@ def workload_role(workload: Manifest) -> str:
         args = parse_cli(argv)
         return str(args.service) if args.command == "serve" else str(args.command)
     image = main["image"]
-    if image.startswith(("postgres:", "docker.io/library/postgres:")):
+    # [registry/]repository:tag[@digest]: judged by the repository's last two path segments.
+    repository = image.split("@")[0].rsplit(":", 1)[0]
+    if repository.split("/")[-1] == "postgres":
         return "postgresql"
-    if image.startswith(("apache/kafka:", "docker.io/apache/kafka:")):
+    if repository.split("/")[-2:] == ["apache", "kafka"]:
         return "kafka"
     return f"unknown:{image}"
 
@@ -252,6 +273,30 @@ class ResolvedEnv:
     problems: list[str] = field(default_factory=list)
 
 
+def operator_sources(values: Mapping[str, Any]) -> set[str]:
+    """Names of the ConfigMaps and Secrets the operator's extraEnvFrom entries bring in."""
+    components = [values["migrations"], values["gateway"], values["postgresql"], values["kafka"]]
+    components += list(values["services"].values())
+    names = set()
+    for component in components:
+        for source in component.get("extraEnvFrom") or []:
+            for kind in ("configMapRef", "secretRef"):
+                if kind in source:
+                    names.add(source[kind]["name"])
+    return names
+
+
+def expected_image(values: Mapping[str, Any], image: Mapping[str, Any], default_tag: str) -> str:
+    """What an image reference must be: [global.imageRegistry/]repository:tag[@digest]."""
+    repository = image["repository"]
+    if registry := values.get("global", {}).get("imageRegistry"):
+        repository = f"{registry.rstrip('/')}/{repository}"
+    ref = f"{repository}:{image.get('tag') or default_tag}"
+    if image.get("digest"):
+        ref += f"@{image['digest']}"
+    return ref
+
+
 def resolve_env(rendered: Rendered, container: Manifest) -> ResolvedEnv:
     env = ResolvedEnv()
     for source in container.get("envFrom", []):
@@ -260,11 +305,14 @@ def resolve_env(rendered: Rendered, container: Manifest) -> ResolvedEnv:
             env.config_maps.append(name)
             config_map = rendered.named("ConfigMap", name)
             if config_map is None:
-                env.problems.append(f"envFrom names ConfigMap {name!r}, which the chart does not render")
+                if name not in operator_sources(rendered.mode.values()):
+                    env.problems.append(f"envFrom names ConfigMap {name!r}, which the chart does not render")
                 continue
             prefix = source.get("prefix", "")
             for key, value in (config_map.get("data") or {}).items():
                 env.values[prefix + key] = str(value)
+        elif "secretRef" in source and source["secretRef"]["name"] in operator_sources(rendered.mode.values()):
+            continue
         else:
             env.problems.append(f"unchecked envFrom source {source!r}")
 

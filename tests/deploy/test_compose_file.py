@@ -13,6 +13,7 @@ from deploy_support import REPO, parse_addresses, parse_cli
 
 from orbilnot.cli import DEFAULT_PORTS, SERVICES
 from orbilnot.migrations.roles import SERVICE_SCHEMAS, password_variable, role_of
+from orbilnot.shared.config import ServiceSettings
 
 COMPOSE_FILE = REPO / "compose.yaml"
 ORBILNOT_IMAGE_PREFIX = "orbilnot:"
@@ -253,3 +254,23 @@ def test_named_volumes_are_declared(compose: dict[str, Any]) -> None:
                 used.add(source)
     assert used == declared, f"declared but unused: {declared - used}"
     assert len(used) >= 2, "PostgreSQL and Kafka keep their data in named volumes"
+
+
+def test_kafka_client_settings_are_ones_the_services_read(
+    compose: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The KAFKA_* settings compose passes (issue 13: a secured Kafka in compose) are settings the
+    services know, and their defaults make a valid PLAINTEXT configuration."""
+    known = {name.upper() for name in ServiceSettings.model_fields}
+    for name, service in orbilnot_services(compose).items():
+        env = environment(service)
+        if "KAFKA_BOOTSTRAP_SERVERS" not in env:
+            continue
+        client_settings = {key for key in env if key.startswith("KAFKA_")}
+        assert client_settings <= known, f"{name}: {sorted(client_settings - known)} are read by nothing"
+        assert {"KAFKA_SECURITY_PROTOCOL", "KAFKA_SASL_USERNAME", "KAFKA_SASL_PASSWORD", "KAFKA_SSL_CAFILE"} <= set(env)
+        for key, value in env.items():
+            monkeypatch.setenv(key, value)
+        settings = ServiceSettings()  # type: ignore[call-arg]
+        assert settings.kafka_connection().security_protocol == "PLAINTEXT"
+        assert settings.kafka_topic_min_insync_replicas is None

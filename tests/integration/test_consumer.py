@@ -46,7 +46,7 @@ async def notification_consumer(
         handle=store_notification,
         engine=engine,
         producer=producer,
-        bootstrap_servers=infra.kafka_bootstrap_servers,
+        kafka=infra.kafka_bootstrap_servers,
         client_id="test",
         batch_size=100,
     )

@@ -20,6 +20,7 @@ import threading
 import time
 import uuid
 from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
@@ -79,19 +80,77 @@ def _has_jars(directory: Path) -> bool:
     return directory.is_dir() and any(directory.glob("*.jar"))
 
 
-class LocalKafka:
-    """One Kafka broker listening on 127.0.0.1:`port`, its KRaft controller on `controller_port`."""
+@dataclass(frozen=True)
+class SecuredListeners:
+    """Extra client listeners that demand SASL (PLAIN and SCRAM-SHA-512 both enabled), as a
+    managed or secured cluster does: SASL_PLAINTEXT on `sasl_plaintext_port` and, with a PEM file
+    holding the broker's private key and certificate chain, SASL_SSL on `sasl_ssl_port`."""
 
-    def __init__(self, data_dir: Path, port: int, controller_port: int, lib_dir: Path) -> None:
+    users: dict[str, str] = field(default_factory=dict)  # name -> password, for both mechanisms
+    sasl_plaintext_port: int | None = None
+    sasl_ssl_port: int | None = None
+    keystore_pem: Path | None = None
+
+    def listeners(self) -> dict[str, tuple[str, int]]:
+        """Listener name -> (security protocol, port)."""
+        found = {}
+        if self.sasl_plaintext_port:
+            found["SASL_PLAIN"] = ("SASL_PLAINTEXT", self.sasl_plaintext_port)
+        if self.sasl_ssl_port:
+            found["SASL_TLS"] = ("SASL_SSL", self.sasl_ssl_port)
+        return found
+
+    def properties(self) -> dict[str, str]:
+        plain_users = " ".join(f'user_{name}="{password}"' for name, password in self.users.items())
+        settings = {"sasl.enabled.mechanisms": "PLAIN,SCRAM-SHA-512"}
+        for name in self.listeners():
+            prefix = f"listener.name.{name.lower()}"
+            settings[f"{prefix}.plain.sasl.jaas.config"] = (
+                f"org.apache.kafka.common.security.plain.PlainLoginModule required {plain_users};"
+            )
+            settings[f"{prefix}.scram-sha-512.sasl.jaas.config"] = (
+                "org.apache.kafka.common.security.scram.ScramLoginModule required;"
+            )
+        if self.sasl_ssl_port:
+            if self.keystore_pem is None:
+                raise ValueError("a SASL_SSL listener needs keystore_pem")
+            settings["listener.name.sasl_tls.ssl.keystore.type"] = "PEM"
+            settings["listener.name.sasl_tls.ssl.keystore.location"] = str(self.keystore_pem)
+        return settings
+
+    def scram_format_args(self) -> list[str]:
+        """SCRAM credentials live in the cluster metadata; in KRaft they are added at format time."""
+        args = []
+        for name, password in self.users.items():
+            args += ["--add-scram", f"SCRAM-SHA-512=[name={name},password={password}]"]
+        return args
+
+
+class LocalKafka:
+    """One Kafka broker listening on `host`:`port` (127.0.0.1 unless given), its KRaft controller
+    on 127.0.0.1:`controller_port`, and optionally `secured` client listeners (the PLAINTEXT one
+    stays for tools and probes)."""
+
+    def __init__(
+        self,
+        data_dir: Path,
+        port: int,
+        controller_port: int,
+        lib_dir: Path,
+        secured: SecuredListeners | None = None,
+        host: str = "127.0.0.1",
+    ) -> None:
         self.data_dir = data_dir.resolve()
+        self.host = host
         self.port = port
         self.controller_port = controller_port
         self.lib_dir = lib_dir.resolve()
+        self.secured = secured or SecuredListeners()
         self._process: subprocess.Popen[bytes] | None = None
 
     @property
     def bootstrap_servers(self) -> str:
-        return f"127.0.0.1:{self.port}"
+        return f"{self.host}:{self.port}"
 
     @property
     def pid_file(self) -> Path:
@@ -182,9 +241,14 @@ class LocalKafka:
     def _kraft_dir(self) -> Path:
         return self.data_dir / "kraft"
 
+    def _listeners(self) -> str:
+        listeners = [f"PLAINTEXT://{self.host}:{self.port}", f"CONTROLLER://127.0.0.1:{self.controller_port}"]
+        listeners += [f"{name}://{self.host}:{port}" for name, (_, port) in self.secured.listeners().items()]
+        return ",".join(listeners)
+
     def _check_running_config(self) -> None:
         # server.properties is only written when the broker starts, so it is what the broker runs.
-        expected = f"listeners=PLAINTEXT://127.0.0.1:{self.port},CONTROLLER://127.0.0.1:{self.controller_port}"
+        expected = f"listeners={self._listeners()}"
         if expected not in self._properties_file.read_text().splitlines():
             raise RuntimeError(
                 f"Kafka in {self.data_dir} already runs with other ports than {self.port}/{self.controller_port}; "
@@ -192,7 +256,7 @@ class LocalKafka:
             )
 
     def _check_port_free(self) -> None:
-        for port in (self.port, self.controller_port):
+        for port in (self.port, self.controller_port, *(port for _, port in self.secured.listeners().values())):
             with socket.socket() as probe:
                 if probe.connect_ex(("127.0.0.1", port)) == 0:
                     raise RuntimeError(f"port {port} is taken by another process; Kafka cannot start on it")
@@ -202,11 +266,17 @@ class LocalKafka:
             "process.roles": "broker,controller",
             "node.id": "1",
             "controller.quorum.voters": f"1@127.0.0.1:{self.controller_port}",
-            "listeners": f"PLAINTEXT://127.0.0.1:{self.port},CONTROLLER://127.0.0.1:{self.controller_port}",
-            "advertised.listeners": f"PLAINTEXT://127.0.0.1:{self.port}",
+            "listeners": self._listeners(),
+            "advertised.listeners": ",".join(
+                [f"PLAINTEXT://{self.host}:{self.port}"]
+                + [f"{name}://{self.host}:{port}" for name, (_, port) in self.secured.listeners().items()]
+            ),
             "inter.broker.listener.name": "PLAINTEXT",
             "controller.listener.names": "CONTROLLER",
-            "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+            "listener.security.protocol.map": ",".join(
+                ["PLAINTEXT:PLAINTEXT", "CONTROLLER:PLAINTEXT"]
+                + [f"{name}:{protocol}" for name, (protocol, _) in self.secured.listeners().items()]
+            ),
             "log.dirs": str(self._kraft_dir),
             # One broker: every replication factor and ISR minimum has to be 1.
             "default.replication.factor": "1",
@@ -235,6 +305,8 @@ class LocalKafka:
             "num.io.threads": "4",
             "num.recovery.threads.per.data.dir": "1",
         }
+        if self.secured.listeners():
+            settings.update(self.secured.properties())
         text = "# Written by orbilnot.infra.kafka on every start; edits are lost.\n"
         text += "".join(f"{key}={value}\n" for key, value in settings.items())
         self._properties_file.write_text(text)
@@ -266,6 +338,7 @@ class LocalKafka:
             "-c",
             str(self._properties_file),
             "-g",
+            *self.secured.scram_format_args(),
         )
         result = subprocess.run(command, capture_output=True, text=True, check=False)
         if result.returncode != 0:
@@ -296,7 +369,7 @@ class LocalKafka:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise TimeoutError(f"Kafka did not become ready on {self.bootstrap_servers}:\n{self._diagnostics()}")
-            if _port_open(self.port) and _broker_answers(self.bootstrap_servers, min(remaining, 5.0)):
+            if _port_open(self.port, self.host) and _broker_answers(self.bootstrap_servers, min(remaining, 5.0)):
                 return
             time.sleep(0.1)
 
@@ -366,10 +439,10 @@ def _is_warning_or_error(line: str) -> bool:
     return " WARN " in line or " ERROR " in line or line.startswith(("\tat ", "Caused by"))
 
 
-def _port_open(port: int) -> bool:
+def _port_open(port: int, host: str = "127.0.0.1") -> bool:
     with socket.socket() as probe:
         probe.settimeout(0.5)
-        return probe.connect_ex(("127.0.0.1", port)) == 0
+        return probe.connect_ex((host, port)) == 0
 
 
 def _broker_answers(bootstrap_servers: str, timeout_s: float) -> bool:

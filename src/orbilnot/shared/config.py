@@ -7,16 +7,21 @@ ORDER_URL, NOTIFICATION_URL. Everything else has a default a local run can live 
 from __future__ import annotations
 
 import os
-from typing import Annotated
+from typing import Annotated, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from sqlalchemy.engine import make_url
+
+from orbilnot.shared.kafka import KafkaConnection
 
 
 class ProcessSettings(BaseSettings):
     """What every orbilnot process reads: how to log."""
 
-    model_config = SettingsConfigDict(env_prefix="", case_sensitive=False, extra="ignore")
+    # An empty variable counts as unset: Compose passes `${VAR:-}` through as "" for options the
+    # operator did not set.
+    model_config = SettingsConfigDict(env_prefix="", case_sensitive=False, extra="ignore", env_ignore_empty=True)
 
     log_level: str = "INFO"
     # JSON log lines in production; `orbilnot up` sets LOG_FORMAT=text for a readable console.
@@ -50,11 +55,43 @@ class HttpLimitSettings(BaseSettings):
         )
 
 
-class ServiceSettings(ProcessSettings):
-    """Configuration of one billing, order or notification process."""
+class DatabaseSettings(ProcessSettings):
+    """Where the database is: DATABASE_URL, and optionally DATABASE_PASSWORD.
+
+    A password with URL-reserved characters (`@`, `/`, `%`, `:` ...) breaks a URL it is pasted
+    into. Given separately as DATABASE_PASSWORD (as the Helm chart does, from a Secret), it
+    replaces any password in DATABASE_URL and is percent-encoded here, whatever it contains.
+    """
 
     database_url: str
+    database_password: SecretStr | None = None
+
+    @field_validator("database_url")
+    @classmethod
+    def _use_asyncpg(cls, url: str) -> str:
+        return async_database_url(url)
+
+    @model_validator(mode="after")
+    def _insert_password(self) -> DatabaseSettings:
+        if self.database_password is not None:
+            self.database_url = url_with_password(self.database_url, self.database_password.get_secret_value())
+        return self
+
+
+class ServiceSettings(DatabaseSettings):
+    """Configuration of one billing, order or notification process."""
+
     kafka_bootstrap_servers: str
+    # A secured cluster: SASL (PLAIN or SCRAM) with or without TLS; KAFKA_SSL_CAFILE is the CA
+    # that signed the brokers' certificates (empty: the system's trusted CAs).
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = "SCRAM-SHA-512"
+    kafka_sasl_username: str | None = None
+    kafka_sasl_password: SecretStr | None = None
+    kafka_ssl_cafile: str | None = None
+    # The topics this service creates when they are missing (existing ones are left alone).
+    kafka_topic_replication_factor: int = Field(default=1, ge=1)
+    kafka_topic_min_insync_replicas: int | None = Field(default=None, ge=1)
 
     order_event_topic: str = "order.event"
     payment_event_topic: str = "payment.event"
@@ -69,11 +106,6 @@ class ServiceSettings(ProcessSettings):
     # A relay, processor or consumer failing for longer than this makes /health/ready say 503.
     stuck_after_s: float = Field(default=30.0, gt=0)
 
-    @field_validator("database_url")
-    @classmethod
-    def _use_asyncpg(cls, url: str) -> str:
-        return async_database_url(url)
-
     @classmethod
     def of(cls, service: str) -> ServiceSettings:
         """The settings of one service: `<SERVICE>_DATABASE_URL` (its own role, e.g.
@@ -81,6 +113,28 @@ class ServiceSettings(ProcessSettings):
         processes (`orbilnot infra env`) while each connects as itself."""
         own_url = os.environ.get(f"{service.upper()}_DATABASE_URL")
         return cls(database_url=own_url) if own_url else cls()
+
+    @model_validator(mode="after")
+    def _sasl_needs_credentials(self) -> ServiceSettings:
+        if self.kafka_security_protocol.startswith("SASL_") and not (
+            self.kafka_sasl_username and self.kafka_sasl_password
+        ):
+            raise ValueError(
+                f"KAFKA_SECURITY_PROTOCOL={self.kafka_security_protocol} "
+                "needs KAFKA_SASL_USERNAME and KAFKA_SASL_PASSWORD"
+            )
+        return self
+
+    def kafka_connection(self) -> KafkaConnection:
+        sasl = self.kafka_security_protocol.startswith("SASL_")
+        return KafkaConnection(
+            bootstrap_servers=self.kafka_bootstrap_servers,
+            security_protocol=self.kafka_security_protocol,
+            sasl_mechanism=self.kafka_sasl_mechanism if sasl else None,
+            sasl_username=self.kafka_sasl_username if sasl else None,
+            sasl_password=self.kafka_sasl_password.get_secret_value() if sasl and self.kafka_sasl_password else None,
+            ssl_cafile=self.kafka_ssl_cafile or None,
+        )
 
 
 class GatewaySettings(ProcessSettings):
@@ -126,3 +180,8 @@ def async_database_url(url: str) -> str:
         if url.startswith(prefix):
             return "postgresql+asyncpg://" + url[len(prefix) :]
     return url
+
+
+def url_with_password(url: str, password: str) -> str:
+    """`url` with its password replaced by `password`, percent-encoded as a URL needs it."""
+    return make_url(url).set(password=password).render_as_string(hide_password=False)

@@ -34,7 +34,7 @@ from pydantic import BaseModel, ValidationError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from orbilnot.shared.db import database_is_up, is_transient
-from orbilnot.shared.kafka import ProducerHandle, create_consumer, send_to_dead_letter
+from orbilnot.shared.kafka import KafkaConnection, ProducerHandle, create_consumer, send_to_dead_letter
 from orbilnot.shared.retry import FailureTracker, backoff
 
 log = logging.getLogger(__name__)
@@ -60,7 +60,7 @@ class IdempotentConsumer(Generic[Event]):
         handle: Handler[Event],
         engine: AsyncEngine,
         producer: ProducerHandle,
-        bootstrap_servers: str,
+        kafka: KafkaConnection | str,
         client_id: str,
         batch_size: int,
         after_commit: Callable[[], None] | None = None,
@@ -71,7 +71,7 @@ class IdempotentConsumer(Generic[Event]):
         self._handle = handle
         self._engine = engine
         self._producer = producer
-        self._bootstrap_servers = bootstrap_servers
+        self._kafka = kafka
         self._client_id = client_id
         self._batch_size = batch_size
         self._after_commit = after_commit
@@ -122,7 +122,7 @@ class IdempotentConsumer(Generic[Event]):
     async def _consume(self) -> None:
         self._consumer = create_consumer(
             self.topic,
-            bootstrap_servers=self._bootstrap_servers,
+            kafka=self._kafka,
             group_id=self.group_id,
             client_id=self._client_id,
         )

@@ -17,12 +17,13 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from orbilnot.shared.config import ServiceSettings
 
 
-def create_engine(settings: ServiceSettings, *, application_name: str) -> AsyncEngine:
+def create_engine(settings: ServiceSettings, *, application_name: str, pool_size: int | None = None) -> AsyncEngine:
+    """The process's engine: `pool_size` connections (DB_POOL_SIZE unless given)."""
     return create_async_engine(
         settings.database_url,
         # A fixed pool: overflow connections would be opened and closed under every burst, and
         # opening one (with TLS negotiation) costs more than the request that wanted it.
-        pool_size=settings.db_pool_size,
+        pool_size=pool_size or settings.db_pool_size,
         max_overflow=0,
         pool_timeout=10,
         # No pre-ping: it is a round trip before every transaction (~15% of a request's CPU).

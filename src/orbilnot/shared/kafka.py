@@ -1,15 +1,20 @@
 """Kafka clients as every service uses them: built at start-up, acks=all and idempotence on.
 
-aiokafka is the maintained asyncio client; 0.12+ speaks to Kafka 4 brokers.
+aiokafka is the maintained asyncio client; 0.12+ speaks to Kafka 4 brokers. Every client is
+made from one `KafkaConnection`: where the brokers are and how to authenticate (PLAINTEXT, or
+SASL with PLAIN or SCRAM-SHA-512, over TLS or not).
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.helpers import create_ssl_context
 from aiokafka.structs import ConsumerRecord
 
 log = logging.getLogger(__name__)
@@ -22,9 +27,43 @@ def dead_letter_topic(topic: str) -> str:
     return topic + DEAD_LETTER_SUFFIX
 
 
-def create_producer(bootstrap_servers: str, *, client_id: str) -> AIOKafkaProducer:
+@dataclass(frozen=True)
+class KafkaConnection:
+    """How every client of a process reaches the brokers (KAFKA_* settings, README)."""
+
+    bootstrap_servers: str
+    security_protocol: str = "PLAINTEXT"  # PLAINTEXT | SSL | SASL_PLAINTEXT | SASL_SSL
+    sasl_mechanism: str | None = None  # PLAIN | SCRAM-SHA-256 | SCRAM-SHA-512
+    sasl_username: str | None = None
+    sasl_password: str | None = None
+    ssl_cafile: str | None = None  # None with TLS: the system's trusted CAs
+
+    def __repr__(self) -> str:  # never print the password
+        return f"KafkaConnection({self.bootstrap_servers!r}, {self.security_protocol}, {self.sasl_mechanism})"
+
+    def client_options(self) -> dict[str, Any]:
+        options: dict[str, Any] = {
+            "bootstrap_servers": self.bootstrap_servers,
+            "security_protocol": self.security_protocol,
+        }
+        if self.security_protocol in ("SSL", "SASL_SSL"):
+            # Verifies the broker's certificate and host name against the CA file (or the system's).
+            options["ssl_context"] = create_ssl_context(cafile=self.ssl_cafile)
+        if self.security_protocol.startswith("SASL_"):
+            options["sasl_mechanism"] = self.sasl_mechanism
+            options["sasl_plain_username"] = self.sasl_username
+            options["sasl_plain_password"] = self.sasl_password
+        return options
+
+
+def as_connection(kafka: KafkaConnection | str) -> KafkaConnection:
+    """A bare "host:port[,...]" is a PLAINTEXT connection (tests and local tools use these)."""
+    return kafka if isinstance(kafka, KafkaConnection) else KafkaConnection(kafka)
+
+
+def create_producer(kafka: KafkaConnection | str, *, client_id: str) -> AIOKafkaProducer:
     return AIOKafkaProducer(
-        bootstrap_servers=bootstrap_servers,
+        **as_connection(kafka).client_options(),
         client_id=client_id,
         acks="all",
         enable_idempotence=True,
@@ -44,8 +83,8 @@ class ProducerHandle:
     """The process's one producer, connected in the background so a service can start (and say
     it is not ready) before the broker is reachable. Once started, aiokafka reconnects by itself."""
 
-    def __init__(self, bootstrap_servers: str, *, client_id: str) -> None:
-        self._bootstrap_servers = bootstrap_servers
+    def __init__(self, kafka: KafkaConnection | str, *, client_id: str) -> None:
+        self._kafka = as_connection(kafka)
         self._client_id = client_id
         self._producer: AIOKafkaProducer | None = None
 
@@ -61,7 +100,7 @@ class ProducerHandle:
 
     async def connect(self) -> None:
         """Start a producer; a failed start leaves nothing behind, so callers simply retry."""
-        producer = create_producer(self._bootstrap_servers, client_id=self._client_id)
+        producer = create_producer(self._kafka, client_id=self._client_id)
         try:
             await producer.start()
         except BaseException:
@@ -75,10 +114,10 @@ class ProducerHandle:
             self._producer = None
 
 
-def create_consumer(topic: str, *, bootstrap_servers: str, group_id: str, client_id: str) -> AIOKafkaConsumer:
+def create_consumer(topic: str, *, kafka: KafkaConnection | str, group_id: str, client_id: str) -> AIOKafkaConsumer:
     return AIOKafkaConsumer(
         topic,
-        bootstrap_servers=bootstrap_servers,
+        **as_connection(kafka).client_options(),
         group_id=group_id,
         client_id=client_id,
         # Offsets are committed by hand, after the database commit of what was consumed.
@@ -94,15 +133,26 @@ def create_consumer(topic: str, *, bootstrap_servers: str, group_id: str, client
 
 
 async def ensure_topics(
-    bootstrap_servers: str, topics: Iterable[str], *, partitions: int, replication_factor: int = 1
+    kafka: KafkaConnection | str,
+    topics: Iterable[str],
+    *,
+    partitions: int,
+    replication_factor: int = 1,
+    min_insync_replicas: int | None = None,
 ) -> None:
-    """Create the topics that do not exist yet; existing ones are left as they are."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers, client_id="orbilnot-admin")
+    """Create the topics that do not exist yet; existing ones are left as they are.
+
+    A real cluster wants replication_factor 3 and min.insync.replicas 2 (with acks=all, a write
+    then survives the loss of a broker); some managed services refuse anything less. None for
+    min_insync_replicas keeps the broker's default.
+    """
+    admin = AIOKafkaAdminClient(**as_connection(kafka).client_options(), client_id="orbilnot-admin")
     await admin.start()
     try:
         existing = set(await admin.list_topics())
+        configs = {} if min_insync_replicas is None else {"min.insync.replicas": str(min_insync_replicas)}
         missing = [
-            NewTopic(name, num_partitions=partitions, replication_factor=replication_factor)
+            NewTopic(name, num_partitions=partitions, replication_factor=replication_factor, topic_configs=configs)
             for name in topics
             if name not in existing
         ]

@@ -58,7 +58,13 @@ class ServiceKernel:
         self.settings = settings
         self.service = service
         self.engine = create_engine(settings, application_name=f"orbilnot-{service}")
-        self.producer = ProducerHandle(settings.kafka_bootstrap_servers, client_id=f"orbilnot-{service}")
+        # Readiness asks the database through a connection of its own: under load every pooled
+        # connection is in use, and a probe waiting for one would mark a busy pod unready (and
+        # then the next one, as the load moves over). One more connection per pod, counted in the
+        # chart's connection budget.
+        self._health_engine = create_engine(settings, application_name=f"orbilnot-{service}-health", pool_size=1)
+        self.kafka = settings.kafka_connection()
+        self.producer = ProducerHandle(self.kafka, client_id=f"orbilnot-{service}")
         self._workers: list[Worker] = []
         self._relays: list[OutboxRelay] = []
         self._backlogs: list[tuple[str, Select[int, Any]]] = []
@@ -117,7 +123,7 @@ class ServiceKernel:
             handle=handle,
             engine=self.engine,
             producer=self.producer,
-            bootstrap_servers=self.settings.kafka_bootstrap_servers,
+            kafka=self.kafka,
             client_id=f"orbilnot-{self.service}",
             batch_size=self.settings.consumer_batch_size,
             after_commit=after_commit,
@@ -134,9 +140,11 @@ class ServiceKernel:
         async for attempt in backoff("connecting to Kafka", retry_on=lambda _: True):
             with attempt:
                 await ensure_topics(
-                    self.settings.kafka_bootstrap_servers,
+                    self.kafka,
                     self._topics,
                     partitions=self.settings.topic_partitions,
+                    replication_factor=self.settings.kafka_topic_replication_factor,
+                    min_insync_replicas=self.settings.kafka_topic_min_insync_replicas,
                 )
                 await self.producer.connect()
         for worker in self._workers:
@@ -155,10 +163,11 @@ class ServiceKernel:
         await asyncio.gather(*(w.stop() for w in self._workers))
         await self.producer.close()
         await self.engine.dispose()
+        await self._health_engine.dispose()
 
     async def readiness(self) -> dict[str, bool | str]:
         checks: dict[str, bool | str] = {
-            "database": await database_is_up(self.engine),
+            "database": await database_is_up(self._health_engine),
             "kafka": self.producer.connected and all(c.running for c in self._consumers),
         }
         # A loop that keeps failing is not "up" even if the database answers `SELECT 1`: its
