@@ -10,7 +10,7 @@ from test_orders import funded_account, settled
 
 from support import eventually_sync
 
-MAX = "999999999999.99"
+MAX = 999999999999.99  # a JSON number (money as a string is invalid input); exact as a double
 
 
 def test_refunds_past_the_maximum_balance_cannot_stall_anyone(http: httpx.Client) -> None:
@@ -47,7 +47,7 @@ def test_refunds_past_the_maximum_balance_cannot_stall_anyone(http: httpx.Client
         )
     balance = Decimal(str(http.get(f"/account/{hostile}").json()["balance"]))
     ledger = http.get(f"/account/{hostile}/transactions").json()
-    assert balance == sum(Decimal(str(e["amount"])) for e in ledger) <= Decimal(MAX)
+    assert balance == sum(Decimal(str(e["amount"])) for e in ledger) <= Decimal(str(MAX))
     assert len(paid) == 1, "after the first, the balance covers no further order of the maximum"
 
 
@@ -59,4 +59,4 @@ def test_a_deposit_past_the_maximum_answers_409(http: httpx.Client) -> None:
     )
     over = http.put("/account", json={"accountId": account, "amount": 1, "actionType": "DEPOSIT_MONEY"})
     assert over.status_code == 409 and "maximum" in over.json()["detail"]
-    assert Decimal(str(http.get(f"/account/{account}").json()["balance"])) == Decimal(MAX)
+    assert Decimal(str(http.get(f"/account/{account}").json()["balance"])) == Decimal(str(MAX))
