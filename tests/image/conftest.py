@@ -21,7 +21,8 @@ import pytest
 from image_support import BUILD, ENGINE, IMAGE_TAG, MEASURED, SERVICES, ContainerSystem, docker
 
 from orbilnot.infra import free_ports
-from support import RunningInfra, create_database
+from orbilnot.migrations.roles import password_variable
+from support import RunningInfra, create_database, service_database_url
 
 
 @pytest.fixture(scope="session")
@@ -57,21 +58,28 @@ def image(docker_engine: None) -> str:
 @pytest.fixture(scope="module")
 def system(image: str, infra: RunningInfra) -> Iterator[ContainerSystem]:
     """migrate, then billing, order, notification and the gateway, each a container of the image,
-    on an empty database of their own and topics of their own."""
+    on an empty database of their own and topics of their own. As compose.yaml and the chart do it:
+    the migration runs as the database's owner and is given the services' passwords (it sets their
+    roles); each service connects as its own role."""
     run = uuid.uuid4().hex[:8]
-    env = {
-        "DATABASE_URL": asyncio.run(create_database(infra.database_url)),
+    database_url = asyncio.run(create_database(infra.database_url))
+    common = {
         "KAFKA_BOOTSTRAP_SERVERS": infra.kafka_bootstrap_servers,
         "ORDER_EVENT_TOPIC": f"image-{run}.order.event",
         "PAYMENT_EVENT_TOPIC": f"image-{run}.payment.event",
         "LOG_FORMAT": "text",
     }
-    system = ContainerSystem(image=image, label=f"orbilnot-it-{run}", env=env, database_url=env["DATABASE_URL"])
+    migrate_env = {
+        "DATABASE_URL": database_url,
+        **{password_variable(service): password for service, password in infra.postgres.service_passwords.items()},
+    }
+    system = ContainerSystem(image=image, label=f"orbilnot-it-{run}", database_url=database_url)
     ports = free_ports(4)
     try:
-        system.migrate()
+        system.migrate(migrate_env)
         for service, port in zip(SERVICES, ports, strict=False):
-            system.serve(service, port, env)
+            own_role = service_database_url(infra, database_url, service)
+            system.serve(service, port, {**common, "DATABASE_URL": own_role})
         upstreams = {f"{service.upper()}_URL": system.urls[service] for service in SERVICES}
         system.serve("gateway", ports[3], {"LOG_FORMAT": "text", **upstreams})
         yield system

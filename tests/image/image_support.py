@@ -42,7 +42,7 @@ class ContainerSystem:
 
     image: str
     label: str
-    env: dict[str, str]
+    # The database's owner's URL (the services connect as their own roles).
     database_url: str
     urls: dict[str, str] = field(default_factory=dict)
     # Every container this session created, by role.
@@ -73,8 +73,8 @@ class ContainerSystem:
             self.image,
         ]
 
-    def migrate(self) -> None:
-        result = docker(*self.run_args("migrate", self.env), "migrate", timeout_s=300, check=False)
+    def migrate(self, env: dict[str, str]) -> None:
+        result = docker(*self.run_args("migrate", env), "migrate", timeout_s=300, check=False)
         assert result.returncode == 0, f"migrate exited with {result.returncode}:\n{result.stdout}{result.stderr}"
 
     def serve(self, role: str, port: int, env: dict[str, str]) -> None:

@@ -33,8 +33,10 @@ print("tmp: ok")
 """
 
 
-def test_migrate_brings_an_empty_database_to_the_latest_revision(system: ContainerSystem) -> None:
+def test_migrate_brings_an_empty_database_up_to_date_and_sets_the_service_roles(system: ContainerSystem) -> None:
     assert inspect(system.containers["migrate"])["State"]["ExitCode"] == 0
+    logs = docker("logs", system.containers["migrate"])
+    assert "service roles set: billing, notification, order" in logs.stdout + logs.stderr
 
     async def schemas() -> set[str]:
         connection = await asyncpg.connect(system.database_url.replace("postgresql+asyncpg://", "postgresql://"))
