@@ -19,6 +19,7 @@ from orbilnot.billing import domain
 from orbilnot.billing.domain import AccountAction, LedgerKind, OrderEventStatus
 from orbilnot.billing.tables import accounts, ledger, order_events
 from orbilnot.model import OrderEvent, OrderEventType, PaymentEvent
+from orbilnot.shared.auth import Caller
 from orbilnot.shared.errors import NotFound
 from orbilnot.shared.pagination import DEFAULT_LIMIT, Page
 from orbilnot.shared.relay import OutgoingMessage
@@ -42,19 +43,26 @@ class LedgerEntry:
 # -- accounts (HTTP) ---------------------------------------------------------------------------
 
 
-async def open_account(conn: AsyncConnection, opening_balance: Decimal) -> UUID:
+async def open_account(conn: AsyncConnection, opening_balance: Decimal, caller: Caller = Caller.OPEN) -> UUID:
     account_id = uuid.uuid4()
     balance = domain.deposit(Decimal(0), opening_balance)
-    await conn.execute(insert(accounts).values(id=account_id, balance=balance))
+    await conn.execute(insert(accounts).values(id=account_id, balance=balance, owner_sub=caller.subject))
     await _write_ledger(conn, [_entry(account_id, LedgerKind.OPENING, balance, balance, None)])
     return account_id
 
 
-async def change_balance(conn: AsyncConnection, account_id: UUID, action: AccountAction, amount: Decimal) -> Account:
+async def change_balance(
+    conn: AsyncConnection, account_id: UUID, action: AccountAction, amount: Decimal, caller: Caller = Caller.OPEN
+) -> Account:
     """Deposit or withdraw. The row lock serialises concurrent changes: none is lost."""
-    balance = await conn.scalar(select(accounts.c.balance).where(accounts.c.id == account_id).with_for_update())
-    if balance is None:
+    row = (
+        await conn.execute(
+            select(accounts.c.balance, accounts.c.owner_sub).where(accounts.c.id == account_id).with_for_update()
+        )
+    ).first()
+    if row is None or not caller.may_touch(row.owner_sub):
         raise NotFound(f"account {account_id} not found")
+    balance: Decimal = row.balance
     if action is AccountAction.DEPOSIT_MONEY:
         new_balance, kind = domain.deposit(balance, amount), LedgerKind.DEPOSIT
     else:
@@ -66,21 +74,29 @@ async def change_balance(conn: AsyncConnection, account_id: UUID, action: Accoun
     return Account(account_id, new_balance)
 
 
-async def get_account(conn: AsyncConnection, account_id: UUID) -> Account:
-    balance = await conn.scalar(select(accounts.c.balance).where(accounts.c.id == account_id))
-    if balance is None:
+async def get_account(conn: AsyncConnection, account_id: UUID, caller: Caller = Caller.OPEN) -> Account:
+    """The account, if `caller` may see it; another's account is "not found", like a missing one."""
+    row = (
+        await conn.execute(select(accounts.c.balance, accounts.c.owner_sub).where(accounts.c.id == account_id))
+    ).first()
+    if row is None or not caller.may_touch(row.owner_sub):
         raise NotFound(f"account {account_id} not found")
-    return Account(account_id, balance)
+    return Account(account_id, row.balance)
 
 
 async def list_ledger(
-    conn: AsyncConnection, account_id: UUID, *, limit: int = DEFAULT_LIMIT, after: int | None = None
+    conn: AsyncConnection,
+    account_id: UUID,
+    caller: Caller = Caller.OPEN,
+    *,
+    limit: int = DEFAULT_LIMIT,
+    after: int | None = None,
 ) -> Page[LedgerEntry]:
     """The account's ledger after entry `after`, oldest first, on the (account_id, id) index.
 
     Entries are written only under the account's row lock (or with the account itself), so their
     ids follow commit order within the account and keyset pages skip nothing."""
-    await get_account(conn, account_id)
+    await get_account(conn, account_id, caller)
     query = select(
         ledger.c.id, ledger.c.kind, ledger.c.amount, ledger.c.balance_after, ledger.c.order_number, ledger.c.created_at
     ).where(ledger.c.account_id == account_id)
@@ -104,6 +120,8 @@ async def receive_order_event(conn: AsyncConnection, event: OrderEvent) -> None:
             order_number=event.order_number,
             amount=event.amount,
             occurred_at=event.occurred_at,
+            placed_by=event.placed_by,
+            placed_by_admin=event.placed_by_admin,
             status=OrderEventStatus.RECEIVED.value,
         )
         .on_conflict_do_nothing(index_elements=[order_events.c.event_id])
@@ -130,15 +148,15 @@ async def process_received_events(conn: AsyncConnection, limit: int) -> int:
         return 0
 
     account_ids = sorted({row.account_id for row in claimed})
-    balances: dict[UUID, Decimal] = {
-        account_id: balance
-        for account_id, balance in await conn.execute(
-            select(accounts.c.id, accounts.c.balance)
-            .where(accounts.c.id.in_(account_ids))
-            .order_by(accounts.c.id)
-            .with_for_update()
-        )
-    }
+    balances: dict[UUID, Decimal] = {}
+    owners: dict[UUID, str | None] = {}
+    for account_id, balance, owner in await conn.execute(
+        select(accounts.c.id, accounts.c.balance, accounts.c.owner_sub)
+        .where(accounts.c.id.in_(account_ids))
+        .order_by(accounts.c.id)
+        .with_for_update()
+    ):
+        balances[account_id], owners[account_id] = balance, owner
     done: set[tuple[str, str]] = {
         (order_number, kind)
         for order_number, kind in await conn.execute(
@@ -152,11 +170,19 @@ async def process_received_events(conn: AsyncConnection, limit: int) -> int:
     entries: list[dict[str, Any]] = []
     results: list[dict[str, Any]] = []
     for row in claimed:
+        event_type = OrderEventType(row.event_type)
+        exists = row.account_id in balances
+        # An order on an account its placer may not use is decided as if the account did not
+        # exist (issue 9). A refund needs no such check: it gives back what this ledger charged.
+        allowed = exists and (
+            event_type is OrderEventType.CANCELLED
+            or domain.may_order_on(owners[row.account_id], row.placed_by, row.placed_by_admin)
+        )
         decision = domain.decide(
-            OrderEventType(row.event_type),
+            event_type,
             account_id=row.account_id,
             amount=row.amount,
-            balance=balances.get(row.account_id),
+            balance=balances[row.account_id] if allowed else None,
             already_paid=(row.order_number, LedgerKind.PAYMENT.value) in done,
             already_refunded=(row.order_number, LedgerKind.REFUND.value) in done,
         )
@@ -178,6 +204,8 @@ async def process_received_events(conn: AsyncConnection, limit: int) -> int:
                 "b_status": decision.status.value,
                 "b_description": decision.description,
                 "b_result_event_id": uuid.uuid4(),
+                # The outcome is the account owner's to see, or, if refused, only its placer's.
+                "b_result_owner_sub": owners[row.account_id] if allowed else row.placed_by,
             }
         )
 
@@ -197,6 +225,7 @@ async def process_received_events(conn: AsyncConnection, limit: int) -> int:
             status=bindparam("b_status"),
             description=bindparam("b_description"),
             result_event_id=bindparam("b_result_event_id"),
+            result_owner_sub=bindparam("b_result_owner_sub"),
             processed_at=func.now(),
         ),
         results,
@@ -234,6 +263,7 @@ class PaymentResultsSource:
             amount=row.amount,
             description=row.description,
             occurred_at=row.processed_at,
+            owner_sub=row.result_owner_sub,
         )
         return OutgoingMessage(self.topic, key=str(row.account_id).encode(), value=event.to_json())
 

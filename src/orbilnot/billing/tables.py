@@ -2,6 +2,7 @@
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     Column,
     DateTime,
     Identity,
@@ -21,6 +22,8 @@ accounts = Table(
     metadata,
     Column("id", Uuid, primary_key=True),
     Column("balance", Numeric(15, 2), nullable=False),  # CHECK (balance >= 0) in the migration
+    # The subject that opened it (issue 9); NULL: opened with authentication off.
+    Column("owner_sub", Text),
     Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
     Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
 )
@@ -52,6 +55,10 @@ order_events = Table(
     Column("order_number", Text, nullable=False),
     Column("amount", Numeric(15, 2), nullable=False),
     Column("occurred_at", DateTime(timezone=True), nullable=False),
+    # Who placed the order (the event's extension fields), and whose the result is (issue 9).
+    Column("placed_by", Text),
+    Column("placed_by_admin", Boolean, nullable=False, server_default="false"),
+    Column("result_owner_sub", Text),
     Column("status", Text, nullable=False),
     Column("description", Text),
     Column("result_event_id", Uuid, unique=True),

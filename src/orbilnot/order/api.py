@@ -11,6 +11,7 @@ from pydantic import Field
 
 from orbilnot.order import handlers
 from orbilnot.order.domain import OrderStatus
+from orbilnot.shared.auth import CallerDep
 from orbilnot.shared.money import Money, PositiveMoney
 from orbilnot.shared.pagination import PAGED_RESPONSES, PageQuery
 from orbilnot.shared.schemas import ApiModel
@@ -60,28 +61,29 @@ IDEMPOTENCY_KEY_DOC = (
 async def place_order(
     body: PlaceOrderRequest,
     kernel: KernelDep,
+    caller: CallerDep,
     # An empty key was stored like any other, and every later empty key got that order back.
     idempotency_key: Annotated[
         str | None, Header(min_length=1, max_length=200, pattern=r"^[\x20-\x7e]+$", description=IDEMPOTENCY_KEY_DOC)
     ] = None,
 ) -> UUID:
     async with kernel.engine.begin() as conn:
-        order_id = await handlers.place_order(conn, body.account_id, body.amount, idempotency_key)
+        order_id = await handlers.place_order(conn, body.account_id, body.amount, idempotency_key, caller)
     kernel.wake_relays()
     return order_id
 
 
 @router.get("/{account_id}", summary="An account's orders, oldest first, a page at a time", responses=PAGED_RESPONSES)
-async def list_orders(account_id: UUID, kernel: KernelDep, page: PageQuery) -> list[OrderResponse]:
+async def list_orders(account_id: UUID, kernel: KernelDep, page: PageQuery, caller: CallerDep) -> list[OrderResponse]:
     async with kernel.engine.connect() as conn:
-        found = await handlers.list_orders(conn, account_id, limit=page.limit, after=page.after)
+        found = await handlers.list_orders(conn, account_id, caller, limit=page.limit, after=page.after)
     return [OrderResponse.model_validate(order) for order in page.answer(found)]
 
 
 @router.get("/{account_id}/{order_id}", summary="One order", responses={404: {}})
-async def get_order(account_id: UUID, order_id: UUID, kernel: KernelDep) -> OrderResponse:
+async def get_order(account_id: UUID, order_id: UUID, kernel: KernelDep, caller: CallerDep) -> OrderResponse:
     async with kernel.engine.connect() as conn:
-        return OrderResponse.model_validate(await handlers.get_order(conn, account_id, order_id))
+        return OrderResponse.model_validate(await handlers.get_order(conn, account_id, order_id, caller))
 
 
 @router.put(
@@ -89,9 +91,9 @@ async def get_order(account_id: UUID, order_id: UUID, kernel: KernelDep) -> Orde
     summary="Change the amount of a NEW order",
     responses={404: {}, 409: {"description": "The order is no longer NEW"}},
 )
-async def amend_order(body: AmendOrderRequest, kernel: KernelDep) -> OrderResponse:
+async def amend_order(body: AmendOrderRequest, kernel: KernelDep, caller: CallerDep) -> OrderResponse:
     async with kernel.engine.begin() as conn:
-        order = await handlers.amend_order(conn, body.account_id, body.order_number, body.amount)
+        order = await handlers.amend_order(conn, body.account_id, body.order_number, body.amount, caller)
     return OrderResponse.model_validate(order)
 
 
@@ -106,9 +108,9 @@ async def amend_order(body: AmendOrderRequest, kernel: KernelDep) -> OrderRespon
         409: {"description": "Its payment is in progress"},
     },
 )
-async def withdraw_order(body: WithdrawOrderRequest, kernel: KernelDep) -> OrderResponse | Response:
+async def withdraw_order(body: WithdrawOrderRequest, kernel: KernelDep, caller: CallerDep) -> OrderResponse | Response:
     async with kernel.engine.begin() as conn:
-        order = await handlers.withdraw_order(conn, body.account_id, body.order_number)
+        order = await handlers.withdraw_order(conn, body.account_id, body.order_number, caller)
     if order is None:
         return Response(status_code=204)
     kernel.wake_relays()

@@ -13,7 +13,7 @@ from decimal import Decimal
 from typing import Any
 from uuid import UUID
 
-from sqlalchemy import Row, bindparam, delete, func, select, update
+from sqlalchemy import ColumnElement, Row, bindparam, delete, func, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -21,6 +21,7 @@ from orbilnot.model import OrderEvent, OrderEventType, PaymentEvent, order_numbe
 from orbilnot.order import domain
 from orbilnot.order.domain import OrderStatus, Withdrawal
 from orbilnot.order.tables import orders, processed_events
+from orbilnot.shared.auth import Caller
 from orbilnot.shared.errors import Conflict, NotFound
 from orbilnot.shared.pagination import DEFAULT_LIMIT, Page, lock_account_list
 from orbilnot.shared.relay import OutgoingMessage
@@ -53,16 +54,24 @@ class Order:
 
 
 async def place_order(
-    conn: AsyncConnection, account_id: UUID, amount: Decimal, idempotency_key: str | None = None
+    conn: AsyncConnection,
+    account_id: UUID,
+    amount: Decimal,
+    idempotency_key: str | None = None,
+    caller: Caller = Caller.OPEN,
 ) -> UUID:
     """Commit a NEW order that owes `order.event` its CREATED event.
 
     With an idempotency key, a repeat of the same request from the same account returns the
     first order's id; the unique index on (account, key) settles a race between two identical
     requests. Keys of different accounts never meet.
+
+    Whether `caller` may order on the account is not known here (billing owns accounts): the
+    order carries its placer to billing, which denies it as for a missing account if not.
     """
     order_id = uuid.uuid4()
-    fingerprint = _fingerprint(account_id, amount) if idempotency_key else None
+    # The caller is part of the request: another subject's key never returns this order's id.
+    fingerprint = _fingerprint(account_id, amount, caller) if idempotency_key else None
     await lock_account_list(conn, ORDERS_LIST, account_id)  # its place in the account's list
     inserted = await conn.scalar(
         pg_insert(orders)
@@ -76,6 +85,8 @@ async def place_order(
             pending_event_id=uuid.uuid4(),
             idempotency_key=idempotency_key,
             request_fingerprint=fingerprint,
+            owner_sub=caller.subject,
+            placed_by_admin=caller.is_admin,
         )
         .on_conflict_do_nothing(
             index_elements=[orders.c.account_id, orders.c.idempotency_key],
@@ -97,26 +108,43 @@ async def place_order(
     return UUID(str(first.id))
 
 
+def _visible_to(caller: Caller) -> list[ColumnElement[bool]]:
+    """The orders `caller` may see: all for an admin (or with auth off), else the caller's own.
+    Another's orders are simply absent, so a list looks like that of an unknown account."""
+    return [] if caller.sees_everything else [orders.c.owner_sub == caller.subject]
+
+
 async def list_orders(
-    conn: AsyncConnection, account_id: UUID, *, limit: int = DEFAULT_LIMIT, after: int | None = None
+    conn: AsyncConnection,
+    account_id: UUID,
+    caller: Caller = Caller.OPEN,
+    *,
+    limit: int = DEFAULT_LIMIT,
+    after: int | None = None,
 ) -> Page[Order]:
     """The account's orders after position `after`, oldest first, on the (account_id, seq) index."""
-    query = select(orders).where(orders.c.account_id == account_id)
+    query = select(orders).where(orders.c.account_id == account_id, *_visible_to(caller))
     if after is not None:
         query = query.where(orders.c.seq > after)
     rows = await conn.execute(query.order_by(orders.c.seq).limit(limit + 1))
     return Page.of([(row.seq, Order.of(row)) for row in rows], limit)
 
 
-async def get_order(conn: AsyncConnection, account_id: UUID, order_id: UUID) -> Order:
-    row = (await conn.execute(select(orders).where(orders.c.id == order_id, orders.c.account_id == account_id))).first()
+async def get_order(conn: AsyncConnection, account_id: UUID, order_id: UUID, caller: Caller = Caller.OPEN) -> Order:
+    row = (
+        await conn.execute(
+            select(orders).where(orders.c.id == order_id, orders.c.account_id == account_id, *_visible_to(caller))
+        )
+    ).first()
     if row is None:
         raise NotFound(f"order {order_id} of account {account_id} not found")
     return Order.of(row)
 
 
-async def amend_order(conn: AsyncConnection, account_id: UUID, order_number: str, amount: Decimal) -> Order:
-    row = await _lock_order(conn, account_id, order_number)
+async def amend_order(
+    conn: AsyncConnection, account_id: UUID, order_number: str, amount: Decimal, caller: Caller = Caller.OPEN
+) -> Order:
+    row = await _lock_order(conn, account_id, order_number, caller)
     domain.ensure_amendable(OrderStatus(row.status))
     changed = (
         await conn.execute(
@@ -129,9 +157,11 @@ async def amend_order(conn: AsyncConnection, account_id: UUID, order_number: str
     return Order.of(changed)
 
 
-async def withdraw_order(conn: AsyncConnection, account_id: UUID, order_number: str) -> Order | None:
+async def withdraw_order(
+    conn: AsyncConnection, account_id: UUID, order_number: str, caller: Caller = Caller.OPEN
+) -> Order | None:
     """DELETE: remove an order never charged (None), or start its refund, at most once."""
-    row = await _lock_order(conn, account_id, order_number)
+    row = await _lock_order(conn, account_id, order_number, caller)
     action = domain.withdrawal(OrderStatus(row.status))
     if action is Withdrawal.REMOVE:
         await conn.execute(delete(orders).where(orders.c.id == row.id))
@@ -154,7 +184,7 @@ async def withdraw_order(conn: AsyncConnection, account_id: UUID, order_number: 
     return Order.of(refunding)
 
 
-async def _lock_order(conn: AsyncConnection, account_id: UUID, order_number: str) -> Row[Any]:
+async def _lock_order(conn: AsyncConnection, account_id: UUID, order_number: str, caller: Caller) -> Row[Any]:
     """Lock the order row. If the relay is publishing it right now, this waits for its commit,
     so what we then see already says whether the event went out."""
     try:
@@ -164,7 +194,7 @@ async def _lock_order(conn: AsyncConnection, account_id: UUID, order_number: str
     row = (
         await conn.execute(
             select(orders)
-            .where(orders.c.order_number == order_number, orders.c.account_id == account_id)
+            .where(orders.c.order_number == order_number, orders.c.account_id == account_id, *_visible_to(caller))
             .with_for_update()
         )
     ).first()
@@ -173,8 +203,11 @@ async def _lock_order(conn: AsyncConnection, account_id: UUID, order_number: str
     return row
 
 
-def _fingerprint(account_id: UUID, amount: Decimal) -> str:
-    return hashlib.sha256(f"{account_id}|{amount:.2f}".encode()).hexdigest()
+def _fingerprint(account_id: UUID, amount: Decimal, caller: Caller) -> str:
+    request = f"{account_id}|{amount:.2f}"
+    if caller.subject is not None:  # with auth off the fingerprint stays what it always was
+        request += f"|{caller.subject}"
+    return hashlib.sha256(request.encode()).hexdigest()
 
 
 # -- Kafka -------------------------------------------------------------------------------------
@@ -194,7 +227,9 @@ async def apply_payment_result(conn: AsyncConnection, event: PaymentEvent) -> No
         return
     row = (
         await conn.execute(
-            select(orders.c.id, orders.c.status).where(orders.c.order_number == event.order_number).with_for_update()
+            select(orders.c.id, orders.c.status, orders.c.owner_sub)
+            .where(orders.c.order_number == event.order_number)
+            .with_for_update()
         )
     ).first()
     if row is None:
@@ -209,10 +244,19 @@ async def apply_payment_result(conn: AsyncConnection, event: PaymentEvent) -> No
         )  # fmt: skip
         return
     # The result answers the event the order was waiting on, so nothing is pending any more.
+    # Billing, which knows the accounts, says whose the order is now (issue 9): the account
+    # owner's when it was allowed (an admin's order on bob's account becomes bob's).
+    owner = event.owner_sub if event.owner_sub is not None else row.owner_sub
     await conn.execute(
         update(orders)
         .where(orders.c.id == row.id)
-        .values(status=new_status.value, pending_event_type=None, pending_event_id=None, updated_at=func.now())
+        .values(
+            status=new_status.value,
+            pending_event_type=None,
+            pending_event_id=None,
+            owner_sub=owner,
+            updated_at=func.now(),
+        )
     )
 
 
@@ -243,6 +287,8 @@ class OrderEventsSource:
             order_number=row.order_number,
             amount=row.amount,
             occurred_at=row.updated_at,
+            placed_by=row.owner_sub,
+            placed_by_admin=row.placed_by_admin,
         )
         return OutgoingMessage(self.topic, key=str(row.account_id).encode(), value=event.to_json())
 

@@ -1,6 +1,20 @@
 """Order's tables, all in the `order_service` schema (the migrations create them)."""
 
-from sqlalchemy import BigInteger, Column, DateTime, Identity, Index, MetaData, Numeric, Table, Text, Uuid, func, text
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Column,
+    DateTime,
+    Identity,
+    Index,
+    MetaData,
+    Numeric,
+    Table,
+    Text,
+    Uuid,
+    func,
+    text,
+)
 
 SCHEMA = "order_service"
 metadata = MetaData(schema=SCHEMA)
@@ -18,6 +32,11 @@ orders = Table(
     Column("order_number", Text, nullable=False, unique=True),
     Column("amount", Numeric(14, 2), nullable=False),
     Column("status", Text, nullable=False),
+    # Who may see and change it (issue 9): the subject that placed it; once billing has decided,
+    # the account owner it names (so an admin's order on bob's account becomes bob's). NULL:
+    # placed with authentication off. `placed_by_admin` travels in its events to billing.
+    Column("owner_sub", Text),
+    Column("placed_by_admin", Boolean, nullable=False, server_default="false"),
     Column("pending_event_type", Text),
     Column("pending_event_id", Uuid, unique=True),
     Column("idempotency_key", Text),

@@ -113,12 +113,15 @@ class RequestContextMiddleware:
 
 
 ReadinessCheck = Callable[[], Awaitable[dict[str, bool]]]
+# Answers a refusal for a request that may not read /metrics, or None to let it through.
+MetricsGuard = Callable[[Request], Awaitable[Response | None]]
 
 
-def health_routes(readiness: ReadinessCheck | None = None) -> list[Route]:
+def health_routes(readiness: ReadinessCheck | None = None, metrics_guard: MetricsGuard | None = None) -> list[Route]:
     """Routes for `/health/live`, `/health/ready` and `/metrics`.
 
     `readiness` returns one boolean per dependency; any False answers 503 with the details.
+    Health is always open; `metrics_guard` may restrict /metrics (METRICS_REQUIRE_AUTH).
     """
 
     async def live(_: Request) -> Response:
@@ -129,7 +132,10 @@ def health_routes(readiness: ReadinessCheck | None = None) -> list[Route]:
         ok = all(checks.values())
         return JSONResponse({"status": "UP" if ok else "DOWN", "checks": checks}, status_code=200 if ok else 503)
 
-    async def metrics(_: Request) -> Response:
+    async def metrics(request: Request) -> Response:
+        refusal = await metrics_guard(request) if metrics_guard else None
+        if refusal is not None:
+            return refusal
         return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
 
     return [
