@@ -50,8 +50,10 @@ def http(stack: Stack) -> Iterator[httpx.Client]:
 
 @pytest.fixture(scope="session")
 def keycloak() -> Iterator[LocalKeycloak]:
-    root = Path(tempfile.mkdtemp(prefix="orbilnot-keycloak-"))
-    server = LocalKeycloak(root, free_ports(1)[0], zip_cache_dir=KEYCLOAK_ZIP_CACHE)
+    """Laid out as `orbilnot infra up --auth` lays it out (`<home>/keycloak`), so that test_up can
+    run `orbilnot up --auth` with ORBILNOT_HOME=<home> on this same server instead of a second one."""
+    home = Path(tempfile.mkdtemp(prefix="orbilnot-keycloak-"))
+    server = LocalKeycloak(home / "keycloak", free_ports(1)[0], zip_cache_dir=KEYCLOAK_ZIP_CACHE)
     atexit.register(server.stop)
     try:
         server.start()
@@ -59,7 +61,7 @@ def keycloak() -> Iterator[LocalKeycloak]:
     finally:
         server.stop()
         atexit.unregister(server.stop)
-        shutil.rmtree(root, ignore_errors=True)
+        shutil.rmtree(home, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
