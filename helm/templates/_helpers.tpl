@@ -138,6 +138,9 @@ Secret: generated on install and kept on upgrades like the owner's; never a valu
 {{- if and (not .Values.kafka.enabled) (not .Values.externalKafka.bootstrapServers) -}}
 {{- fail "\n\nNo Kafka configured: kafka.enabled is false and externalKafka.bootstrapServers is empty.\nEither keep the bundled Kafka (kafka.enabled=true) or set externalKafka.bootstrapServers (host:port[,host:port...])." -}}
 {{- end -}}
+{{- if and .Values.auth.enabled (not .Values.auth.issuerUrl) -}}
+{{- fail "\n\nauth.enabled is true but auth.issuerUrl is empty: set it to your OpenID Connect issuer (the tokens' iss), e.g. https://sso.example.com/realms/orbilnot." -}}
+{{- end -}}
 {{- if and .Values.kafka.enabled .Values.externalKafka.bootstrapServers -}}
 {{- fail "\n\nexternalKafka.bootstrapServers is set but kafka.enabled is true: set kafka.enabled=false to use the external Kafka (or clear externalKafka.bootstrapServers)." -}}
 {{- end -}}
@@ -234,4 +237,13 @@ the service itself. (dict "root" $ "service" "billing") */}}
 {{/* Pod annotations that roll the pods when their configuration changes. */}}
 {{- define "orbilnot.configChecksum" -}}
 checksum/config: {{ include (print .Template.BasePath "/configmap.yaml") . | sha256sum }}
+{{- end -}}
+
+{{/* Authentication settings, the same for the services and the gateway (README "Authentication"). */}}
+{{- define "orbilnot.authConfig" -}}
+AUTH_MODE: {{ ternary "oidc" "off" .Values.auth.enabled | quote }}
+{{- if .Values.auth.enabled }}
+OIDC_ISSUER_URL: {{ .Values.auth.issuerUrl | quote }}
+OIDC_AUDIENCE: {{ .Values.auth.audience | quote }}
+{{- end }}
 {{- end -}}

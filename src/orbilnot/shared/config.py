@@ -39,6 +39,12 @@ class AuthSettings(ProcessSettings):
     # /metrics is open by default (scrapers inside the cluster); true: it needs a valid token too.
     metrics_require_auth: bool = False
 
+    @field_validator("oidc_issuer_url", "oidc_audience", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        # Compose passes `OIDC_ISSUER_URL: ${OIDC_ISSUER_URL:-}`: an empty variable means "not set".
+        return None if value == "" else value
+
     @field_validator("oidc_issuer_url")
     @classmethod
     def _issuer_url(cls, url: str | None) -> str | None:
