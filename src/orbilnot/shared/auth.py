@@ -167,7 +167,7 @@ class TokenVerifier:
         log.info("fetched %d signing keys of %s", len(self._keys), self.issuer)
 
     async def _discover(self) -> str:
-        response = await self._http.get(f"{self.issuer}/.well-known/openid-configuration")
+        response = await self._http.get(f"{self.issuer.rstrip('/')}/.well-known/openid-configuration")
         response.raise_for_status()
         document = response.json()
         if document.get("issuer") != self.issuer:

@@ -50,7 +50,7 @@ class AuthSettings(ProcessSettings):
     def _issuer_url(cls, url: str | None) -> str | None:
         if url is not None and not url.startswith(("http://", "https://")):
             raise ValueError(f"OIDC_ISSUER_URL must start with http:// or https://: {url!r}")
-        return url.rstrip("/") if url else url
+        return url  # kept exactly: it is compared with `iss` as is (Auth0's ends with a slash)
 
     @model_validator(mode="after")
     def _oidc_needs_issuer_and_audience(self) -> AuthSettings:

@@ -201,7 +201,12 @@ def create_service_app(
     for router in routers:
         # Every API route needs a verified caller (a 401 otherwise, when AUTH_MODE=oidc); routes
         # that decide by owner also take `CallerDep`, which FastAPI then resolves only once.
-        app.include_router(router, prefix=prefix, dependencies=[Depends(current_caller)])
+        app.include_router(
+            router,
+            prefix=prefix,
+            dependencies=[Depends(current_caller)],
+            responses={401: {"description": "With AUTH_MODE=oidc: no valid bearer access token"}},
+        )
 
     async def readiness() -> dict[str, bool]:
         kernel: ServiceKernel | None = getattr(app.state, "kernel", None)
