@@ -70,8 +70,21 @@ def clock() -> Clock:
     return Clock()
 
 
+class WallClock:
+    def __init__(self) -> None:
+        self.offset = 0.0
+
+    def __call__(self) -> float:
+        return time.time() + self.offset
+
+
 @pytest.fixture
-def verifier(issuer: FakeIssuer, clock: Clock) -> TokenVerifier:
+def wall_clock() -> WallClock:
+    return WallClock()
+
+
+@pytest.fixture
+def verifier(issuer: FakeIssuer, clock: Clock, wall_clock: WallClock) -> TokenVerifier:
     http = httpx.AsyncClient(transport=httpx.MockTransport(issuer.handle))
     return TokenVerifier(
         issuer=ISSUER,
@@ -81,6 +94,8 @@ def verifier(issuer: FakeIssuer, clock: Clock) -> TokenVerifier:
         min_refresh_s=10,
         http=http,
         clock=clock,
+        wall_clock=wall_clock,
+        cache_size=3,
     )
 
 
@@ -188,6 +203,43 @@ async def test_an_unreachable_issuer_is_not_an_invalid_token(
     issuer.down = False
     clock.now += 10
     assert await verifier.verify(issuer.token()) == Caller("alice-id")
+
+
+async def test_a_verified_token_is_remembered_until_it_expires(
+    issuer: FakeIssuer, verifier: TokenVerifier, clock: Clock, wall_clock: WallClock
+) -> None:
+    token = issuer.token(exp=int(time.time()) + 60)
+    assert await verifier.verify(token) == Caller("alice-id")
+    # k1 leaves the issuer's keys and the verifier learns it (a k2 token makes it fetch them):
+    # a full check of `token` would fail now; a remembered token is not checked again.
+    issuer.keys = {"k2": rsa.generate_private_key(public_exponent=65537, key_size=2048)}
+    clock.now += 10
+    await verifier.verify(issuer.token(kid="k2"))
+    assert await verifier.verify(token) == Caller("alice-id")
+    wall_clock.offset = 60 + 5 + 1  # past exp and the leeway
+    with pytest.raises(InvalidToken, match="expired"):
+        await verifier.verify(token)
+
+
+async def test_only_verified_tokens_are_remembered_and_the_memory_is_bounded(
+    issuer: FakeIssuer, verifier: TokenVerifier, clock: Clock
+) -> None:
+    bad = issuer.token(aud="another-api")
+    for _ in range(2):
+        with pytest.raises(InvalidToken):
+            await verifier.verify(bad)
+    tokens = [issuer.token(jti=str(n)) for n in range(5)]
+    for token in tokens:
+        await verifier.verify(token)
+    # The issuer replaces k1 by k2, and a k2 token makes the verifier fetch the keys again: from
+    # now on a full check of a k1 token fails.
+    issuer.keys = {"k2": rsa.generate_private_key(public_exponent=65537, key_size=2048)}
+    clock.now += 10
+    await verifier.verify(issuer.token(kid="k2"))
+    for token in tokens[-2:]:
+        await verifier.verify(token)
+    with pytest.raises(InvalidToken):
+        await verifier.verify(tokens[0])  # pushed out by newer ones (cache_size=3), so checked again
 
 
 def test_open_mode_may_touch_everything_and_a_subject_only_its_own() -> None:

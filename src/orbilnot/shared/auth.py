@@ -4,8 +4,9 @@ Every service verifies the token itself; none trusts an identity header a client
 through the gateway. With `AUTH_MODE=off` (the default, seed-compatible) every caller is
 `Caller.OPEN`, who may touch everything.
 
-Verification is local and cheap per request: the issuer's signing keys (its JWKS, found through
-OIDC discovery) are fetched once and kept; a token naming a key id we do not hold makes us fetch
+Verification is local and cheap per request: a token already verified is remembered with its
+expiry (a client sends the same token for its whole lifetime), and the issuer's signing keys (its
+JWKS, found through OIDC discovery) are fetched once and kept; a token naming a key id we do not hold makes us fetch
 the JWKS again — that is how a key rotated at the provider is picked up without a restart — but
 at most once per `OIDC_JWKS_MIN_REFRESH_S`, so a stream of made-up key ids cannot turn every
 request into a call to the provider. Only asymmetric algorithms are accepted: `none` and `HS*`
@@ -17,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Annotated, Any, ClassVar
@@ -79,6 +81,8 @@ class TokenVerifier:
         min_refresh_s: float,
         http: httpx.AsyncClient,
         clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
+        cache_size: int = 10_000,
     ) -> None:
         self.issuer = issuer
         self.audience = audience
@@ -91,6 +95,13 @@ class TokenVerifier:
         self._keys: dict[str, jwt.PyJWK] = {}
         self._fetched_at: float | None = None
         self._refresh_lock = asyncio.Lock()
+        self._wall_clock = wall_clock
+        # Tokens already verified, with their expiry: a client sends the same token with every
+        # request for its whole lifetime, and a full check (PyJWT parses the token twice, char by
+        # char) costs a few hundred microseconds. Only fully verified tokens get in; a hit still
+        # checks the expiry. LRU-bounded.
+        self._verified: OrderedDict[str, tuple[Caller, float]] = OrderedDict()
+        self._cache_size = cache_size
 
     @classmethod
     def from_settings(cls, settings: AuthSettings, http: httpx.AsyncClient) -> TokenVerifier:
@@ -105,6 +116,21 @@ class TokenVerifier:
         )
 
     async def verify(self, token: str) -> Caller:
+        cached = self._verified.get(token)
+        if cached is not None:
+            caller, expires_at = cached
+            if self._wall_clock() <= expires_at + self.leeway_s:
+                self._verified.move_to_end(token)
+                return caller
+            del self._verified[token]
+            raise InvalidToken("the token has expired")
+        caller, expires_at = await self._verify_fully(token)
+        self._verified[token] = (caller, expires_at)
+        if len(self._verified) > self._cache_size:
+            self._verified.popitem(last=False)
+        return caller
+
+    async def _verify_fully(self, token: str) -> tuple[Caller, float]:
         try:
             header = jwt.get_unverified_header(token)
         except jwt.PyJWTError as error:
@@ -129,7 +155,7 @@ class TokenVerifier:
         subject = claims["sub"]
         if not isinstance(subject, str) or not subject:
             raise InvalidToken("the token has no usable subject")
-        return Caller(subject=subject, is_admin=self.admin_role in _realm_roles(claims))
+        return Caller(subject=subject, is_admin=self.admin_role in _realm_roles(claims)), float(claims["exp"])
 
     async def _key(self, key_id: object) -> jwt.PyJWK:
         if not isinstance(key_id, str):
