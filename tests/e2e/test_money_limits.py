@@ -10,7 +10,9 @@ from test_orders import funded_account, settled
 
 from support import eventually_sync
 
-MAX = "999999999999.99"
+# A JSON number (SPEC §3 refuses money as a string); its repr is exactly these digits.
+MAX = 999999999999.99
+assert repr(MAX) == "999999999999.99"
 
 
 def test_refunds_past_the_maximum_balance_cannot_stall_anyone(http: httpx.Client) -> None:
@@ -47,7 +49,7 @@ def test_refunds_past_the_maximum_balance_cannot_stall_anyone(http: httpx.Client
         )
     balance = Decimal(str(http.get(f"/account/{hostile}").json()["balance"]))
     ledger = http.get(f"/account/{hostile}/transactions").json()
-    assert balance == sum(Decimal(str(e["amount"])) for e in ledger) <= Decimal(MAX)
+    assert balance == sum(Decimal(str(e["amount"])) for e in ledger) <= Decimal(repr(MAX))
     assert len(paid) == 1, "after the first, the balance covers no further order of the maximum"
 
 
@@ -59,4 +61,4 @@ def test_a_deposit_past_the_maximum_answers_409(http: httpx.Client) -> None:
     )
     over = http.put("/account", json={"accountId": account, "amount": 1, "actionType": "DEPOSIT_MONEY"})
     assert over.status_code == 409 and "maximum" in over.json()["detail"]
-    assert Decimal(str(http.get(f"/account/{account}").json()["balance"])) == Decimal(MAX)
+    assert Decimal(str(http.get(f"/account/{account}").json()["balance"])) == Decimal(repr(MAX))
