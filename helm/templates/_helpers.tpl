@@ -199,6 +199,9 @@ Secret: generated on install and kept on upgrades like the owner's; never a valu
 {{- if and (not .Values.kafka.enabled) (not .Values.externalKafka.bootstrapServers) -}}
 {{- fail "\n\nNo Kafka configured: kafka.enabled is false and externalKafka.bootstrapServers is empty.\nEither keep the bundled Kafka (kafka.enabled=true) or set externalKafka.bootstrapServers (host:port[,host:port...])." -}}
 {{- end -}}
+{{- if and .Values.auth.enabled (not .Values.auth.issuerUrl) -}}
+{{- fail "\n\nauth.enabled is true but auth.issuerUrl is empty: set it to your OpenID Connect issuer (the tokens' iss), e.g. https://sso.example.com/realms/orbilnot." -}}
+{{- end -}}
 {{- if and .Values.kafka.enabled .Values.externalKafka.bootstrapServers -}}
 {{- fail "\n\nexternalKafka.bootstrapServers is set but kafka.enabled is true: set kafka.enabled=false to use the external Kafka (or clear externalKafka.bootstrapServers)." -}}
 {{- end -}}
@@ -436,4 +439,13 @@ their most pods during a rollout, plus the migrations and the headroom exceed ma
 {{- if gt $total $max -}}
 {{- fail (printf "\n\nConnection budget exceeded: the release may open %d PostgreSQL connections, %s is %d.\n%s\n  %-12s 1\n  %-12s %d (databaseBudget.headroom)\n  total        %d > %d\nLower services.<name>.dbPoolSize or the replicas (autoscaling.maxReplicas), or raise %s." $total $where $max (join "\n" $lines) "migrations" "headroom" $headroom $total $max $where) -}}
 {{- end -}}
+{{- end -}}
+
+{{/* Authentication settings, the same for the services and the gateway (README "Authentication"). */}}
+{{- define "orbilnot.authConfig" -}}
+AUTH_MODE: {{ ternary "oidc" "off" .Values.auth.enabled | quote }}
+{{- if .Values.auth.enabled }}
+OIDC_ISSUER_URL: {{ .Values.auth.issuerUrl | quote }}
+OIDC_AUDIENCE: {{ .Values.auth.audience | quote }}
+{{- end }}
 {{- end -}}

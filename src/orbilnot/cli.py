@@ -15,10 +15,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="orbilnot", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    commands.add_parser("up", help="run the whole system locally (PostgreSQL, Kafka, services, gateway)")
+    up = commands.add_parser("up", help="run the whole system locally (PostgreSQL, Kafka, services, gateway)")
+    up.add_argument("--auth", action="store_true", help="also a local Keycloak, and the API requires its tokens")
 
-    infra = commands.add_parser("infra", help="only the local PostgreSQL and Kafka")
+    infra = commands.add_parser("infra", help="only the local PostgreSQL and Kafka (and Keycloak with --auth)")
     infra.add_argument("action", choices=("up", "down", "status", "env"))
+    infra.add_argument("--auth", action="store_true", help="up: also start the local Keycloak")
+
+    token = commands.add_parser("token", help="print an access token of a demo user of the local Keycloak")
+    token.add_argument("user", help="alice, bob or admin")
 
     migrate = commands.add_parser("migrate", help="bring the database to the latest revision")
     migrate.add_argument("--wait", action="store_true", help="only wait until the database is migrated")
@@ -37,6 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = commands.add_parser("demo", help="run the acceptance scenario against a running gateway")
     demo.add_argument("--gateway", default="http://127.0.0.1:8080")
+    demo.add_argument("--auth", action="store_true", help="as alice (local Keycloak), then show bob cannot see it")
     return parser
 
 
@@ -53,15 +59,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "infra":
         from orbilnot.infra.local import infra_command
 
-        return infra_command(args.action)
+        return infra_command(args.action, auth=args.auth)
     if args.command == "up":
         from orbilnot.up import up
 
-        return up()
+        return up(auth=args.auth)
+    if args.command == "token":
+        from orbilnot.infra.local import token_command
+
+        return token_command(args.user)
     if args.command == "demo":
         from orbilnot.demo import run_demo
 
-        return run_demo(args.gateway)
+        return run_demo(args.gateway, auth=args.auth)
     raise AssertionError(args.command)
 
 

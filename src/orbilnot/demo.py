@@ -1,4 +1,7 @@
-"""`orbilnot demo`: the acceptance scenario of SPEC §1 against a running gateway, step by step."""
+"""`orbilnot demo`: the acceptance scenario of SPEC §1 against a running gateway, step by step.
+
+With `--auth` (issue 9) it signs in to the local Keycloak, runs the scenario as alice, then shows
+that bob cannot see alice's account, its orders or its notifications."""
 
 from __future__ import annotations
 
@@ -35,9 +38,24 @@ def _ok(response: httpx.Response) -> Any:
     return response.json()
 
 
-def run_demo(gateway: str) -> int:
+def _bearer(token: str | None) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"} if token else {}
+
+
+def _local_tokens() -> tuple[str, str]:
+    """alice's and bob's access tokens from the local Keycloak of `orbilnot infra up --auth`."""
+    from orbilnot.infra.local import LocalInfra
+
+    keycloak = LocalInfra().keycloak
+    if not keycloak.is_running():
+        raise DemoFailed("the local Keycloak is not running: start with orbilnot up --auth")
+    return keycloak.password_token("alice"), keycloak.password_token("bob")
+
+
+def run_demo(gateway: str, *, auth: bool = False) -> int:
     gateway = gateway.rstrip("/")
     step = 0
+    steps = 8
 
     def say(text: str) -> None:
         nonlocal step
@@ -45,9 +63,12 @@ def run_demo(gateway: str) -> int:
         print(f"✔ {step}. {text}", flush=True)
 
     try:
-        with httpx.Client(base_url=gateway, timeout=10.0) as http:
+        alice_token, bob_token = _local_tokens() if auth else (None, None)
+        if auth:
+            print("signed in to the local Keycloak as alice (and bob, for the last steps)", flush=True)
+        with httpx.Client(base_url=gateway, timeout=10.0, headers=_bearer(alice_token)) as http:
             account = _ok(http.post("/account/", json={"actionType": "CREATE_NEW", "amount": 0}))
-            say(f"Create a user: account {account}")
+            say(f"Create a user{' as alice' if auth else ''}: account {account}")
 
             balance = _ok(
                 http.put("/account/", json={"accountId": account, "amount": 1000, "actionType": "DEPOSIT_MONEY"})
@@ -82,8 +103,28 @@ def run_demo(gateway: str) -> int:
             say(f"Balance unchanged: {balance} (order {status})")
             notes = _poll(notifications, lambda n: len(n) >= 2, "notifications")
             say(f"Notification: {notes[1]['title']!r}: {notes[1]['body']!r}")
+        if bob_token is not None:
+            steps += _bob_cannot_see(gateway, bob_token, account, say)
     except (DemoFailed, httpx.HTTPError) as error:
         print(f"✘ {step + 1}. failed: {error}", flush=True)
         return 1
-    print("all 8 steps succeeded")
+    print(f"all {steps} steps succeeded")
     return 0
+
+
+def _bob_cannot_see(gateway: str, bob_token: str, account: str, say: Callable[[str], None]) -> int:
+    """bob gets what an account that does not exist gets: 404, and empty lists. Returns the steps."""
+    with httpx.Client(base_url=gateway, timeout=10.0, headers=_bearer(bob_token)) as bob:
+        seen = bob.get(f"/account/{account}")
+        if seen.status_code != 404:
+            raise DemoFailed(f"bob reading alice's account got {seen.status_code}, expected 404")
+        say(f"bob asks for alice's account: {seen.status_code} {seen.json()['detail']!r}")
+        orders, notes = _ok(bob.get(f"/orders/{account}")), _ok(bob.get(f"/notifications/{account}"))
+        if orders or notes:
+            raise DemoFailed(f"bob sees alice's orders {orders!r} or notifications {notes!r}")
+        say("bob lists alice's orders and notifications: [] and [], as for an account that does not exist")
+        deposit = bob.put("/account/", json={"accountId": account, "amount": 1, "actionType": "DEPOSIT_MONEY"})
+        if deposit.status_code != 404:
+            raise DemoFailed(f"bob depositing on alice's account got {deposit.status_code}, expected 404")
+        say(f"bob tries to deposit on it: {deposit.status_code}")
+    return 3

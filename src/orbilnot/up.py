@@ -19,7 +19,7 @@ from types import FrameType
 import httpx
 
 from orbilnot.cli import DEFAULT_PORTS
-from orbilnot.infra.local import LocalInfra
+from orbilnot.infra.local import LocalInfra, print_demo_users
 from orbilnot.migrations.runner import migrate
 
 SERVICES = ("billing", "order", "notification")
@@ -73,16 +73,26 @@ def _raise_stop(signum: int, _frame: FrameType | None) -> None:
     raise _Stop(signal.Signals(signum).name)
 
 
-def up() -> int:
+def up(*, auth: bool = False) -> int:
     signal.signal(signal.SIGTERM, _raise_stop)
     signal.signal(signal.SIGINT, _raise_stop)
     infra = LocalInfra()
     processes: list[subprocess.Popen[bytes]] = []
     started: list[str] = []
     try:
-        print("starting PostgreSQL and Kafka …", flush=True)
-        started = infra.up()
+        print("starting PostgreSQL, Kafka and Keycloak …" if auth else "starting PostgreSQL and Kafka …", flush=True)
+        started = infra.up(auth=auth)
         env = {**os.environ, **infra.env(), "LOG_FORMAT": os.environ.get("LOG_FORMAT", "text")}
+        if auth:
+            env |= infra.auth_env()
+        else:
+            # A Keycloak left running by `infra up --auth` does not switch `up` without --auth to
+            # oidc; the caller's own AUTH_MODE/OIDC_* (another provider) still count.
+            for name in infra.auth_env():
+                if name in os.environ:
+                    env[name] = os.environ[name]
+                else:
+                    env.pop(name, None)
         # As the owner; this also sets up the services' roles, which the services then connect as
         # (each reads its own <SERVICE>_DATABASE_URL from infra.env()).
         asyncio.run(migrate(env["DATABASE_URL"], infra.postgres.service_passwords))
@@ -98,7 +108,11 @@ def up() -> int:
         for service, url in urls.items():
             print(f"  {service:<13} {url}")
         print(f"  {'postgres':<13} {infra.postgres.display_url}\n  {'kafka':<13} {infra.kafka.bootstrap_servers}")
-        print(f"\ntry: orbilnot demo --gateway {urls['gateway']}   (Ctrl-C stops everything)", flush=True)
+        if auth:
+            print(f"  {'keycloak':<13} {infra.keycloak.issuer_url}")
+            print_demo_users(infra)
+        demo = f"orbilnot demo{' --auth' if auth else ''} --gateway {urls['gateway']}"
+        print(f"\ntry: {demo}   (Ctrl-C stops everything)", flush=True)
         while all(process.poll() is None for process in processes):
             time.sleep(0.5)
         print("a service exited unexpectedly; stopping", file=sys.stderr)
@@ -114,3 +128,5 @@ def up() -> int:
             infra.postgres.stop()
         if "kafka" in started:
             infra.kafka.stop()
+        if "keycloak" in started:
+            infra.keycloak.stop()

@@ -3,6 +3,7 @@ that name Compose services (there is no Docker engine to run `docker compose con
 
 from __future__ import annotations
 
+import json
 import re
 from typing import Any
 from urllib.parse import urlsplit
@@ -12,6 +13,7 @@ import yaml
 from deploy_support import REPO, parse_addresses, parse_cli
 
 from orbilnot.cli import DEFAULT_PORTS, SERVICES
+from orbilnot.infra.keycloak import API_AUDIENCE, DEMO_USERS, KEYCLOAK_VERSION, realm_definition
 from orbilnot.migrations.roles import SERVICE_SCHEMAS, password_variable, role_of
 from orbilnot.shared.config import ServiceSettings
 
@@ -274,3 +276,44 @@ def test_kafka_client_settings_are_ones_the_services_read(
         settings = ServiceSettings()  # type: ignore[call-arg]
         assert settings.kafka_connection().security_protocol == "PLAINTEXT"
         assert settings.kafka_topic_min_insync_replicas is None
+
+
+# ------------------------------------------------------------------------ authentication (issue 9)
+
+
+def test_auth_is_off_by_default_and_configurable_in_every_process(compose: dict[str, Any]) -> None:
+    for name, service in orbilnot_services(compose).items():
+        if serve_role_and_port(service) is None:
+            continue  # migrate serves no API
+        env = environment(service)
+        assert env["AUTH_MODE"] == "off", f"{name}: a plain `docker compose up` keeps the API open"
+        assert {"OIDC_ISSUER_URL", "OIDC_AUDIENCE"} <= set(env), name
+        assert env["OIDC_AUDIENCE"] == API_AUDIENCE, name
+
+
+def test_keycloak_is_optional_and_imports_the_realm_of_infra_up_auth(compose: dict[str, Any]) -> None:
+    keycloak = services(compose)["keycloak"]
+    assert keycloak["profiles"] == ["auth"], "Keycloak starts only with --profile auth"
+    assert keycloak["image"] == f"quay.io/keycloak/keycloak:{KEYCLOAK_VERSION}"
+    for name, service in orbilnot_services(compose).items():
+        assert "keycloak" not in depends_on(service), f"{name} must start without the optional profile"
+    command = [str(part) for part in keycloak["command"]]
+    assert command[0] == "start-dev" and "--import-realm" in command
+    hostname = next(part.split("=", 1)[1] for part in command if part.startswith("--hostname="))
+    port = next(int(part.split("=", 1)[1]) for part in command if part.startswith("--http-port="))
+    assert urlsplit(hostname).hostname == "keycloak" and urlsplit(hostname).port == port, (
+        "the issuer in the tokens must be the address the services reach Keycloak at"
+    )
+    assert any(str(p).split(":")[-1] == str(port) for p in keycloak["ports"])
+
+    (mount,) = keycloak["volumes"]
+    source, target, _ = str(mount).split(":")
+    assert target == "/opt/keycloak/data/import"
+    realm_file = REPO / source / "orbilnot-realm.json"
+    env = environment(keycloak)
+    placeholders = {user: f"${{ORBILNOT_{user.upper()}_PASSWORD}}" for user in DEMO_USERS}
+    assert json.loads(realm_file.read_text()) == realm_definition(placeholders), (
+        "deploy/keycloak/orbilnot-realm.json differs from the realm `orbilnot infra up --auth` imports"
+    )
+    for placeholder in placeholders.values():
+        assert placeholder[2:-1] in env, f"{placeholder} is substituted from Keycloak's environment"

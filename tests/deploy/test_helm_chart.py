@@ -558,3 +558,56 @@ def test_schema_rejects_bad_values(helm: str, setting: str) -> None:
     proc = run_helm(helm, *Mode("invalid", set_values=(setting,)).template_args())
     assert proc.returncode != 0, f"--set {setting} should be rejected"
     assert "schema" in proc.stderr, proc.stderr
+
+
+# ------------------------------------------------------------------------ authentication (issue 9)
+
+AUTH = Mode(
+    "auth",
+    set_values=(
+        "auth.enabled=true",
+        "auth.issuerUrl=https://sso.example.com/realms/orbilnot",
+        "auth.audience=shop-api",
+    ),
+)
+API_ROLES = ("billing", "order", "notification", "gateway")
+
+
+def api_process_env(rendered: Rendered) -> dict[str, dict[str, str]]:
+    return {
+        workload_role(w): resolve_env(rendered, pod_spec(w)["containers"][0]).values
+        for w in rendered.workloads()
+        if workload_role(w) in API_ROLES
+    }
+
+
+def test_auth_is_off_by_default(rendered: Rendered) -> None:
+    envs = api_process_env(rendered)
+    assert set(envs) == set(API_ROLES)
+    for role, env in envs.items():
+        assert env["AUTH_MODE"] == "off", role
+        assert "OIDC_ISSUER_URL" not in env, role
+
+
+def test_auth_values_reach_every_service_and_the_gateway(render: Callable[[Mode], Rendered]) -> None:
+    rendered = render(AUTH)
+    for role, env in api_process_env(rendered).items():
+        assert env["AUTH_MODE"] == "oidc", role
+        assert env["OIDC_ISSUER_URL"] == "https://sso.example.com/realms/orbilnot", role
+        assert env["OIDC_AUDIENCE"] == "shop-api", role
+    assert not [w for w in rendered.workloads() if "keycloak" in w["metadata"]["name"]], "the issuer is external"
+    for obj in rendered.objects:
+        kubernetes_validate.validate(obj, SCHEMA_VERSIONS[0], strict=True)
+
+
+def test_auth_enabled_without_an_issuer_fails_clearly(helm: str) -> None:
+    proc = run_helm(helm, *Mode("invalid", set_values=("auth.enabled=true",)).template_args())
+    assert proc.returncode != 0
+    assert "auth.issuerUrl is empty" in proc.stderr, proc.stderr
+
+
+@pytest.mark.parametrize("setting", ["auth.issuerUrl=sso.example.com", "auth.enable=true", "auth.audience="])
+def test_schema_rejects_bad_auth_values(helm: str, setting: str) -> None:
+    proc = run_helm(helm, *Mode("invalid", set_values=(setting,)).template_args())
+    assert proc.returncode != 0, f"--set {setting} should be rejected"
+    assert "schema" in proc.stderr, proc.stderr

@@ -14,12 +14,19 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from orbilnot.billing.domain import AccountAction
 from orbilnot.billing.handlers import change_balance, open_account, process_received_events, receive_order_event
-from orbilnot.billing.tables import accounts, ledger, order_events
-from orbilnot.model import OrderEvent, OrderEventType
+from orbilnot.billing.tables import accounts, ledger, order_events, outbox
+from orbilnot.model import OrderEvent, OrderEventType, PaymentEvent
+from orbilnot.shared.auth import Caller
 
 
 def order_event(
-    account: uuid.UUID, amount: Decimal, kind: OrderEventType = OrderEventType.CREATED, number: str = ""
+    account: uuid.UUID,
+    amount: Decimal,
+    kind: OrderEventType = OrderEventType.CREATED,
+    number: str = "",
+    *,
+    placed_by: str | None = None,
+    placed_by_admin: bool = False,
 ) -> OrderEvent:
     return OrderEvent(
         event_id=uuid.uuid4(),
@@ -28,6 +35,8 @@ def order_event(
         order_number=number or f"{account}:{uuid.uuid4()}",
         amount=amount,
         occurred_at=datetime.now(UTC),
+        placed_by=placed_by,
+        placed_by_admin=placed_by_admin,
     )
 
 
@@ -130,3 +139,46 @@ async def test_concurrent_deposits_and_withdrawals_lose_no_update(engine: AsyncE
     async with engine.connect() as conn:
         balance = await conn.scalar(select(accounts.c.balance).where(accounts.c.id == account))
     assert balance == 1000 + 40 * 3 - 40 * 2
+
+
+async def test_an_order_is_paid_only_for_the_account_owner_or_an_admin(engine: AsyncEngine) -> None:
+    """Issue 9 on issue 7's processor: the decision checks `placedBy` against the account's owner,
+    and the payment event it writes to the outbox in the same transaction carries `ownerSub`."""
+    async with engine.begin() as conn:
+        account = await open_account(conn, Decimal(100), Caller("alice-sub"))
+    by_alice = order_event(account, Decimal(10), placed_by="alice-sub")
+    by_bob = order_event(account, Decimal(20), placed_by="bob-sub")
+    by_admin = order_event(account, Decimal(30), placed_by="admin-sub", placed_by_admin=True)
+    auth_off = order_event(account, Decimal(40))  # placed with authentication off: no placer
+    async with engine.begin() as conn:
+        for event in (by_alice, by_bob, by_admin, auth_off):
+            await receive_order_event(conn, event)
+    await process_all(engine)
+    # alice withdraws the admin's order: the refund is not checked against its placer.
+    refund = order_event(account, Decimal(30), OrderEventType.CANCELLED, by_admin.order_number, placed_by="alice-sub")
+    async with engine.begin() as conn:
+        await receive_order_event(conn, refund)
+    await process_all(engine)
+
+    async with engine.connect() as conn:
+        published = [PaymentEvent.model_validate_json(value) for value in await conn.scalars(select(outbox.c.value))]
+        balance = await conn.scalar(select(accounts.c.balance).where(accounts.c.id == account))
+        charged = set(await conn.scalars(select(ledger.c.order_number).where(ledger.c.kind == "PAYMENT")))
+    results = {
+        (event.order_number, event.payment_event_type.value): event
+        for event in published
+        if event.account_id == account
+    }
+    assert len(results) == 5
+    confirmed = results[(by_alice.order_number, "PAYMENT_CONFIRMED")]
+    assert confirmed.owner_sub == "alice-sub"
+    denied = results[(by_bob.order_number, "PAYMENT_DENIED")]
+    # Denied exactly as for a missing account, and told only to bob, who placed it.
+    assert denied.description == f"Account {account} not found"
+    assert denied.owner_sub == "bob-sub"
+    assert results[(by_admin.order_number, "PAYMENT_CONFIRMED")].owner_sub == "alice-sub"
+    assert results[(by_admin.order_number, "REFUNDED")].owner_sub == "alice-sub"
+    assert results[(auth_off.order_number, "PAYMENT_DENIED")].owner_sub is None
+    assert charged >= {by_alice.order_number, by_admin.order_number}
+    assert not charged & {by_bob.order_number, auth_off.order_number}
+    assert balance == Decimal(90)  # 100 - 10 (alice) - 30 (admin) + 30 (refunded)

@@ -400,6 +400,21 @@ async def test_hop_by_hop_headers_are_stripped_both_ways(client: httpx.AsyncClie
     assert response.headers["x-end-to-end-response"] == "kept"
 
 
+async def test_header_values_with_surrounding_whitespace_are_forwarded_trimmed(stack: Stack) -> None:
+    """Whitespace around a field value is not part of it (RFC 9110 §5.5), and the upstream client
+    refuses to send it: `Authorization: Bearer ` (what a client with an empty token sends) once
+    made the gateway answer 502 (found by the fuzzing of issue 9's bearer scheme)."""
+    request = (
+        b"GET /account/?ws=1 HTTP/1.1\r\nHost: gateway\r\nAuthorization: Bearer \r\n"
+        b"X-Padded: \t kept \t\r\nConnection: close\r\n\r\n"
+    )
+    status, body = await raw_exchange(stack.gateway, request)
+    assert status == 200, body
+    echo = json.loads(body)
+    assert header(echo, "authorization") == ["Bearer"]
+    assert header(echo, "x-padded") == ["kept"]
+
+
 async def test_forwarding_headers_are_added_and_host_is_the_upstreams(stack: Stack, client: httpx.AsyncClient) -> None:
     echo = (await client.get("/account/")).json()
     gateway_authority = stack.gateway.removeprefix("http://")

@@ -12,6 +12,7 @@ from orbilnot.billing.domain import (
     OrderEventStatus,
     decide,
     deposit,
+    may_order_on,
     withdraw,
 )
 from orbilnot.model import NOT_ENOUGH_BALANCE, OrderEventType, PaymentEventType
@@ -118,3 +119,20 @@ def test_a_deposit_leaves_room_for_every_refund_still_possible() -> None:
     assert deposit(D("0"), MAX_MONEY - 5, refundable=D("5")) == MAX_MONEY - 5
     with pytest.raises(BalanceLimitExceeded):
         deposit(D("0"), MAX_MONEY - 4, refundable=D("5"))
+
+
+@pytest.mark.parametrize(
+    ("account_owner", "placed_by", "admin", "allowed"),
+    [
+        ("alice", "alice", False, True),
+        ("alice", "bob", False, False),
+        ("alice", "admin", True, True),
+        (None, None, False, True),  # both made with authentication off
+        (None, "alice", False, False),  # an account from before auth is no one's but an admin's
+        ("alice", None, False, False),  # an order placed with auth off cannot spend alice's money
+    ],
+)
+def test_who_may_order_on_an_account(
+    account_owner: str | None, placed_by: str | None, admin: bool, allowed: bool
+) -> None:
+    assert may_order_on(account_owner, placed_by, admin) is allowed

@@ -8,7 +8,14 @@ from decimal import Decimal
 import pytest
 from pydantic import TypeAdapter, ValidationError
 
-from orbilnot.model import OrderEvent, OrderEventType, PaymentEvent, order_number_of, parse_order_number
+from orbilnot.model import (
+    OrderEvent,
+    OrderEventType,
+    PaymentEvent,
+    PaymentEventType,
+    order_number_of,
+    parse_order_number,
+)
 from orbilnot.shared.money import Money, NonNegativeMoney, PositiveMoney, money_to_json
 
 positive = TypeAdapter(PositiveMoney)
@@ -126,3 +133,27 @@ def test_an_event_whose_order_number_names_another_account_is_invalid(model: typ
     }
     with pytest.raises(ValidationError, match="another account"):
         model.model_validate_json(json.dumps(raw))
+
+
+def test_ownership_extension_fields_travel_only_when_set() -> None:
+    """Issue 9: `placedBy`/`placedByAdmin` and `ownerSub` are optional extensions; unset (auth
+    off) the events are exactly SPEC §4's, and a reader that knows nothing of them ignores them."""
+    account, order = uuid.uuid4(), uuid.uuid4()
+    common = {
+        "event_id": uuid.uuid4(),
+        "account_id": account,
+        "order_number": order_number_of(account, order),
+        "amount": Decimal(5),
+        "occurred_at": datetime(2026, 1, 2, tzinfo=UTC),
+    }
+    placed = OrderEvent(event_type=OrderEventType.CREATED, placed_by="alice-id", placed_by_admin=True, **common)
+    wire = json.loads(placed.to_json())
+    assert (wire["placedBy"], wire["placedByAdmin"]) == ("alice-id", True)
+    assert OrderEvent.model_validate_json(placed.to_json()) == placed
+    assert "placedByAdmin" not in json.loads(placed.model_copy(update={"placed_by_admin": False}).to_json())
+
+    decided = PaymentEvent(payment_event_type=PaymentEventType.PAYMENT_CONFIRMED, owner_sub="alice-id", **common)
+    assert json.loads(decided.to_json())["ownerSub"] == "alice-id"
+    assert "ownerSub" not in json.loads(decided.model_copy(update={"owner_sub": None}).to_json())
+    with pytest.raises(ValidationError):
+        PaymentEvent.model_validate({**json.loads(decided.to_json()), "ownerSub": "x" * 256})

@@ -11,6 +11,7 @@ from fastapi import APIRouter
 
 from orbilnot.billing import handlers
 from orbilnot.billing.domain import AccountAction
+from orbilnot.shared.auth import CallerDep
 from orbilnot.shared.money import NonNegativeMoney, PositiveMoney, StoredMoney
 from orbilnot.shared.pagination import PAGED_RESPONSES, PageQuery
 from orbilnot.shared.schemas import ApiModel
@@ -44,9 +45,9 @@ class LedgerEntryResponse(ApiModel):
 
 
 @router.post("", summary="Open an account; answers its id")
-async def create_account(body: CreateAccountRequest, kernel: KernelDep) -> UUID:
+async def create_account(body: CreateAccountRequest, kernel: KernelDep, caller: CallerDep) -> UUID:
     async with kernel.engine.begin() as conn:
-        return await handlers.open_account(conn, body.amount)
+        return await handlers.open_account(conn, body.amount, caller)
 
 
 @router.put(
@@ -54,16 +55,16 @@ async def create_account(body: CreateAccountRequest, kernel: KernelDep) -> UUID:
     summary="Deposit or withdraw money",
     responses={404: {"description": "No such account"}, 409: {"description": "Not enough money"}},
 )
-async def change_balance(body: ChangeBalanceRequest, kernel: KernelDep) -> AccountResponse:
+async def change_balance(body: ChangeBalanceRequest, kernel: KernelDep, caller: CallerDep) -> AccountResponse:
     async with kernel.engine.begin() as conn:
-        account = await handlers.change_balance(conn, body.account_id, body.action_type, body.amount)
+        account = await handlers.change_balance(conn, body.account_id, body.action_type, body.amount, caller)
     return AccountResponse.model_validate(account)
 
 
 @router.get("/{account_id}", summary="An account and its balance", responses={404: {}})
-async def get_account(account_id: UUID, kernel: KernelDep) -> AccountResponse:
+async def get_account(account_id: UUID, kernel: KernelDep, caller: CallerDep) -> AccountResponse:
     async with kernel.engine.connect() as conn:
-        account = await handlers.get_account(conn, account_id)
+        account = await handlers.get_account(conn, account_id, caller)
     return AccountResponse.model_validate(account)
 
 
@@ -72,7 +73,9 @@ async def get_account(account_id: UUID, kernel: KernelDep) -> AccountResponse:
     summary="The account's ledger, oldest first, a page at a time; the balance is the sum of the amounts",
     responses={404: {}, **PAGED_RESPONSES},
 )
-async def list_transactions(account_id: UUID, kernel: KernelDep, page: PageQuery) -> list[LedgerEntryResponse]:
+async def list_transactions(
+    account_id: UUID, kernel: KernelDep, page: PageQuery, caller: CallerDep
+) -> list[LedgerEntryResponse]:
     async with kernel.engine.connect() as conn:
-        entries = await handlers.list_ledger(conn, account_id, limit=page.limit, after=page.after)
+        entries = await handlers.list_ledger(conn, account_id, caller, limit=page.limit, after=page.after)
     return [LedgerEntryResponse.model_validate(e) for e in page.answer(entries)]

@@ -137,3 +137,10 @@ def decide(
     if already_refunded:
         return Decision(OrderEventStatus.REFUNDED, paid, description="Refund already made")
     return Decision(OrderEventStatus.REFUNDED, paid, LedgerKind.REFUND, paid, "Refunded")
+
+
+def may_order_on(account_owner: str | None, placed_by: str | None, placed_by_admin: bool) -> bool:
+    """Whether an order placed by `placed_by` may be charged to an account owned by `account_owner`
+    (issue 9). An admin may order on any account. None on both sides: account and order were made
+    with authentication off. An order that may not is denied exactly as for a missing account."""
+    return placed_by_admin or account_owner == placed_by

@@ -21,6 +21,7 @@ from orbilnot.billing import domain
 from orbilnot.billing.domain import AccountAction, LedgerKind, OrderEventStatus
 from orbilnot.billing.tables import accounts, ledger, order_events, outbox
 from orbilnot.model import OrderEvent, OrderEventType, PaymentEvent
+from orbilnot.shared.auth import Caller
 from orbilnot.shared.db import is_transient
 from orbilnot.shared.errors import NotFound
 from orbilnot.shared.outbox import outbox_row, record
@@ -52,24 +53,28 @@ class LedgerEntry:
 # -- accounts (HTTP) ---------------------------------------------------------------------------
 
 
-async def open_account(conn: AsyncConnection, opening_balance: Decimal) -> UUID:
+async def open_account(conn: AsyncConnection, opening_balance: Decimal, caller: Caller = Caller.OPEN) -> UUID:
     account_id = uuid.uuid4()
     balance = domain.deposit(Decimal(0), opening_balance)
-    await conn.execute(insert(accounts).values(id=account_id, balance=balance))
+    await conn.execute(insert(accounts).values(id=account_id, balance=balance, owner_sub=caller.subject))
     await _write_ledger(conn, [_entry(account_id, LedgerKind.OPENING, balance, balance, None)])
     return account_id
 
 
-async def change_balance(conn: AsyncConnection, account_id: UUID, action: AccountAction, amount: Decimal) -> Account:
+async def change_balance(
+    conn: AsyncConnection, account_id: UUID, action: AccountAction, amount: Decimal, caller: Caller = Caller.OPEN
+) -> Account:
     """Deposit or withdraw. The row lock serialises concurrent changes: none is lost."""
     row = (
         await conn.execute(
-            select(accounts.c.balance, accounts.c.refundable).where(accounts.c.id == account_id).with_for_update()
+            select(accounts.c.balance, accounts.c.refundable, accounts.c.owner_sub)
+            .where(accounts.c.id == account_id)
+            .with_for_update()
         )
     ).first()
-    if row is None:
+    if row is None or not caller.may_touch(row.owner_sub):
         raise NotFound(f"account {account_id} not found")
-    balance = row.balance
+    balance: Decimal = row.balance
     if action is AccountAction.DEPOSIT_MONEY:
         new_balance, kind = domain.deposit(balance, amount, row.refundable), LedgerKind.DEPOSIT
     else:
@@ -81,21 +86,29 @@ async def change_balance(conn: AsyncConnection, account_id: UUID, action: Accoun
     return Account(account_id, new_balance)
 
 
-async def get_account(conn: AsyncConnection, account_id: UUID) -> Account:
-    balance = await conn.scalar(select(accounts.c.balance).where(accounts.c.id == account_id))
-    if balance is None:
+async def get_account(conn: AsyncConnection, account_id: UUID, caller: Caller = Caller.OPEN) -> Account:
+    """The account, if `caller` may see it; another's account is "not found", like a missing one."""
+    row = (
+        await conn.execute(select(accounts.c.balance, accounts.c.owner_sub).where(accounts.c.id == account_id))
+    ).first()
+    if row is None or not caller.may_touch(row.owner_sub):
         raise NotFound(f"account {account_id} not found")
-    return Account(account_id, balance)
+    return Account(account_id, row.balance)
 
 
 async def list_ledger(
-    conn: AsyncConnection, account_id: UUID, *, limit: int = DEFAULT_LIMIT, after: int | None = None
+    conn: AsyncConnection,
+    account_id: UUID,
+    caller: Caller = Caller.OPEN,
+    *,
+    limit: int = DEFAULT_LIMIT,
+    after: int | None = None,
 ) -> Page[LedgerEntry]:
     """The account's ledger after entry `after`, oldest first, on the (account_id, id) index.
 
     Entries are written only under the account's row lock (or with the account itself), so their
     ids follow commit order within the account and keyset pages skip nothing."""
-    await get_account(conn, account_id)
+    await get_account(conn, account_id, caller)
     query = select(
         ledger.c.id, ledger.c.kind, ledger.c.amount, ledger.c.balance_after, ledger.c.order_number, ledger.c.created_at
     ).where(ledger.c.account_id == account_id)
@@ -119,6 +132,8 @@ async def receive_order_event(conn: AsyncConnection, event: OrderEvent) -> None:
             order_number=event.order_number,
             amount=event.amount,
             occurred_at=event.occurred_at,
+            placed_by=event.placed_by,
+            placed_by_admin=event.placed_by_admin,
             status=OrderEventStatus.RECEIVED.value,
         )
         .on_conflict_do_nothing(index_elements=[order_events.c.event_id])
@@ -190,17 +205,16 @@ async def process_batch(engine: AsyncEngine, limit: int, *, topic: str, tracker:
 
 async def _decide(conn: AsyncConnection, rows: Sequence[Row[Any]], topic: str) -> None:
     account_ids = sorted({row.account_id for row in rows})
-    held: dict[UUID, tuple[Decimal, Decimal]] = {
-        account_id: (balance, refundable)
-        for account_id, balance, refundable in await conn.execute(
-            select(accounts.c.id, accounts.c.balance, accounts.c.refundable)
-            .where(accounts.c.id.in_(account_ids))
-            .order_by(accounts.c.id)
-            .with_for_update()
-        )
-    }
-    balances = {account_id: balance for account_id, (balance, _) in held.items()}
-    refundables = {account_id: refundable for account_id, (_, refundable) in held.items()}
+    balances: dict[UUID, Decimal] = {}
+    refundables: dict[UUID, Decimal] = {}
+    owners: dict[UUID, str | None] = {}
+    for account_id, balance, refundable, owner in await conn.execute(
+        select(accounts.c.id, accounts.c.balance, accounts.c.refundable, accounts.c.owner_sub)
+        .where(accounts.c.id.in_(account_ids))
+        .order_by(accounts.c.id)
+        .with_for_update()
+    ):
+        balances[account_id], refundables[account_id], owners[account_id] = balance, refundable, owner
     # What the ledger says was paid (and refunded) for these orders: the only amounts we trust.
     paid: dict[str, Decimal] = {}
     refunded: set[str] = set()
@@ -219,11 +233,20 @@ async def _decide(conn: AsyncConnection, rows: Sequence[Row[Any]], topic: str) -
     results: list[dict[str, Any]] = []
     events: list[dict[str, Any]] = []
     for row in rows:
+        event_type = OrderEventType(row.event_type)
+        exists = row.account_id in balances
+        # An order on an account its placer may not use is decided as if the account did not
+        # exist (issue 9). A refund needs no such check: it gives back only what the ledger
+        # charged this order, to the account it was charged to.
+        allowed = exists and (
+            event_type is OrderEventType.CANCELLED
+            or domain.may_order_on(owners[row.account_id], row.placed_by, row.placed_by_admin)
+        )
         decision = domain.decide(
-            OrderEventType(row.event_type),
+            event_type,
             account_id=row.account_id,
             amount=row.amount,
-            balance=balances.get(row.account_id),
+            balance=balances[row.account_id] if allowed else None,
             paid=paid.get(row.order_number),
             already_refunded=row.order_number in refunded,
         )
@@ -252,7 +275,9 @@ async def _decide(conn: AsyncConnection, rows: Sequence[Row[Any]], topic: str) -
                 "b_result_event_id": result_id,
             }
         )
-        events.append(_result(topic, row, result_id, decision.status, decision.amount, decision.description))
+        # The outcome is the account owner's to see, or, if refused, only its placer's.
+        owner_sub = owners[row.account_id] if allowed else row.placed_by
+        events.append(_result(topic, row, result_id, decision.status, decision.amount, decision.description, owner_sub))
 
     if entries:
         await _write_ledger(conn, entries)
@@ -288,7 +313,12 @@ async def _park(conn: AsyncConnection, row: Row[Any], error: BaseException, topi
         ],
     )
     description = domain.parked_description(OrderEventType(row.event_type))
-    await record(conn, outbox, [_result(topic, row, result_id, OrderEventStatus.PARKED, row.amount, description)])
+    # Whose the outcome is was not decided (the failure may be the account's): only the placer's.
+    await record(
+        conn,
+        outbox,
+        [_result(topic, row, result_id, OrderEventStatus.PARKED, row.amount, description, row.placed_by)],
+    )
 
 
 async def _set_decided(conn: AsyncConnection, results: list[dict[str, Any]]) -> None:
@@ -306,7 +336,13 @@ async def _set_decided(conn: AsyncConnection, results: list[dict[str, Any]]) -> 
 
 
 def _result(
-    topic: str, row: Row[Any], result_id: UUID, status: OrderEventStatus, amount: Decimal, description: str | None
+    topic: str,
+    row: Row[Any],
+    result_id: UUID,
+    status: OrderEventStatus,
+    amount: Decimal,
+    description: str | None,
+    owner_sub: str | None,
 ) -> dict[str, Any]:
     result = status.result_event
     assert result is not None, status  # only decided rows answer
@@ -318,6 +354,7 @@ def _result(
         amount=amount,
         description=description,
         occurred_at=datetime.now(UTC),
+        owner_sub=owner_sub,
     )
     return outbox_row(result_id, topic, str(row.account_id), event.to_json())
 

@@ -3,6 +3,7 @@ migrations create the same (a test compares the two)."""
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     CheckConstraint,
     Column,
     DateTime,
@@ -33,6 +34,8 @@ accounts = Table(
     Column("id", Uuid, primary_key=True),
     Column("balance", Numeric(15, 2), nullable=False),
     Column("refundable", Numeric(15, 2), nullable=False, server_default=text("0")),
+    # The subject that opened it (issue 9); NULL: opened with authentication off.
+    Column("owner_sub", Text),
     Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
     Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
     CheckConstraint("balance >= 0", name="balance_never_negative"),
@@ -74,6 +77,9 @@ order_events = Table(
     Column("order_number", Text, nullable=False),
     Column("amount", Numeric(15, 2), nullable=False),
     Column("occurred_at", DateTime(timezone=True), nullable=False),
+    # Who placed the order (the event's extension fields, issue 9): billing pays only for its owner or an admin.
+    Column("placed_by", Text),
+    Column("placed_by_admin", Boolean, nullable=False, server_default="false"),
     Column("status", Text, nullable=False),
     Column("description", Text),
     Column("result_event_id", Uuid, unique=True),

@@ -12,6 +12,7 @@ else is a JSON 404.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -31,6 +32,8 @@ from orbilnot.gateway.upstreams import PrefixRule, Upstream
 from orbilnot.shared.config import GatewaySettings
 from orbilnot.shared.observability import REQUEST_ID_HEADER, RequestContextMiddleware, health_routes
 
+log = logging.getLogger(__name__)
+
 _UPSTREAM_PATH = "orbilnot.upstream_path"
 
 
@@ -48,6 +51,14 @@ def create_app(settings: GatewaySettings, rate_limit_key: KeyFunction = client_a
 
     @asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[None]:
+        if settings.auth_mode == "off":
+            log.warning(
+                "AUTH_MODE=off: the API is open, anyone who knows an account id may use it "
+                "(set AUTH_MODE=oidc with OIDC_ISSUER_URL and OIDC_AUDIENCE to require tokens)"
+            )
+        else:
+            # The services verify every token themselves; the gateway passes Authorization on.
+            log.info("AUTH_MODE=oidc: the services require access tokens of %s", settings.oidc_issuer_url)
         async with proxy.running():
             yield
 

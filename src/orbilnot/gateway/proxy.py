@@ -306,11 +306,14 @@ def _request_target(scope: Scope, path: bytes) -> str:
 
 
 def _end_to_end(headers: Iterable[tuple[bytes, bytes]], also_drop: frozenset[bytes]) -> Headers:
-    """`headers` (lower-case names) without hop-by-hop ones, those `Connection` names, and `also_drop`."""
+    """`headers` (lower-case names) without hop-by-hop ones, those `Connection` names, and `also_drop`.
+
+    Values lose surrounding whitespace: it is not part of a field value (RFC 9110 §5.5), the
+    server side may hand it over (`Authorization: Bearer `), and the client side refuses to send it."""
     headers = list(headers)
     named_in_connection = _connection_tokens(headers)
     return [
-        (name, value)
+        (name, value.strip(b" \t"))
         for name, value in headers
         if name not in HOP_BY_HOP
         and name not in also_drop

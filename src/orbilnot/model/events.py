@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 from enum import StrEnum
+from typing import ClassVar
 from uuid import UUID
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
@@ -41,11 +42,21 @@ def _ensure_order_of_the_account(account_id: UUID, order_number: str) -> None:
         raise ValueError("orderNumber names another account than accountId")
 
 
+# Subjects are opaque strings chosen by the identity provider (Keycloak: a UUID).
+_SUBJECT = Field(default=None, min_length=1, max_length=255)
+
+
 class _Event(BaseModel):
     model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, frozen=True, extra="ignore")
 
+    # Optional extension fields (issue 9, ownership): left out of the JSON while unset, so that
+    # with AUTH_MODE=off every event is exactly SPEC §4's, and readers that do not know them
+    # ignore them (extra="ignore").
+    _EXTENSIONS: ClassVar[frozenset[str]] = frozenset()
+
     def to_json(self) -> bytes:
-        return self.model_dump_json(by_alias=True).encode()
+        unset = {name for name in self._EXTENSIONS if getattr(self, name) in (None, False)}
+        return self.model_dump_json(by_alias=True, exclude=unset).encode()
 
 
 class OrderEventType(StrEnum):
@@ -54,7 +65,14 @@ class OrderEventType(StrEnum):
 
 
 class OrderEvent(_Event):
-    """Published by order on `order.event`: an order to be paid (CREATED) or refunded (CANCELLED)."""
+    """Published by order on `order.event`: an order to be paid (CREATED) or refunded (CANCELLED).
+
+    Extension (issue 9): `placedBy` is the subject that placed the order and `placedByAdmin`
+    whether it did so with the admin role; billing pays only if that subject owns the account or
+    was an admin. Both absent: placed with authentication off.
+    """
+
+    _EXTENSIONS = frozenset({"placed_by", "placed_by_admin"})
 
     event_id: UUID
     event_type: OrderEventType
@@ -62,6 +80,8 @@ class OrderEvent(_Event):
     order_number: str = Field(pattern=ORDER_NUMBER_PATTERN)
     amount: PositiveMoney
     occurred_at: AwareDatetime
+    placed_by: str | None = _SUBJECT
+    placed_by_admin: bool = False
 
     @model_validator(mode="after")
     def _order_of_the_account(self) -> OrderEvent:
@@ -81,7 +101,14 @@ class PaymentEventType(StrEnum):
 
 
 class PaymentEvent(_Event):
-    """Published by billing on `payment.event`: what became of an order's payment or refund."""
+    """Published by billing on `payment.event`: what became of an order's payment or refund.
+
+    Extension (issue 9): `ownerSub` is the subject the outcome belongs to — the account's owner
+    when the order was allowed on the account, else whoever placed it (who is told, as for an
+    account that does not exist, "Account ... not found"). Absent: authentication off.
+    """
+
+    _EXTENSIONS = frozenset({"owner_sub"})
 
     event_id: UUID
     payment_event_type: PaymentEventType
@@ -90,6 +117,7 @@ class PaymentEvent(_Event):
     amount: PositiveMoney
     description: str | None = Field(default=None, max_length=1000)
     occurred_at: AwareDatetime
+    owner_sub: str | None = _SUBJECT
 
     @model_validator(mode="after")
     def _order_of_the_account(self) -> PaymentEvent:

@@ -14,6 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from orbilnot.model import PaymentEvent
 from orbilnot.notification.domain import render
 from orbilnot.notification.tables import notifications
+from orbilnot.shared.auth import Caller
 from orbilnot.shared.pagination import DEFAULT_LIMIT, Page, lock_account_list
 
 NOTIFICATIONS_LIST = "notification_service.notifications"
@@ -43,6 +44,7 @@ async def store_notification(conn: AsyncConnection, event: PaymentEvent) -> None
             id=uuid.uuid4(),
             event_id=event.event_id,
             account_id=event.account_id,
+            owner_sub=event.owner_sub,
             order_number=event.order_number,
             notification_type=event.payment_event_type.value,
             title=message.title,
@@ -53,9 +55,16 @@ async def store_notification(conn: AsyncConnection, event: PaymentEvent) -> None
 
 
 async def list_notifications(
-    conn: AsyncConnection, account_id: UUID, *, limit: int = DEFAULT_LIMIT, after: int | None = None
+    conn: AsyncConnection,
+    account_id: UUID,
+    caller: Caller = Caller.OPEN,
+    *,
+    limit: int = DEFAULT_LIMIT,
+    after: int | None = None,
 ) -> Page[Notification]:
-    """The account's notifications after position `after`, oldest first, on (account_id, seq)."""
+    """The account's notifications after position `after`, oldest first, on (account_id, seq);
+    only those `caller` may see: another's are absent, as for an unknown account (issue 9)."""
+    visible = [] if caller.sees_everything else [notifications.c.owner_sub == caller.subject]
     query = select(
         notifications.c.seq,
         notifications.c.id,
@@ -65,7 +74,7 @@ async def list_notifications(
         notifications.c.title,
         notifications.c.body,
         notifications.c.created_at,
-    ).where(notifications.c.account_id == account_id)
+    ).where(notifications.c.account_id == account_id, *visible)
     if after is not None:
         query = query.where(notifications.c.seq > after)
     rows = await conn.execute(query.order_by(notifications.c.seq).limit(limit + 1))

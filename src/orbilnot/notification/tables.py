@@ -28,6 +28,8 @@ notifications = Table(
     Column("seq", BigInteger, Identity(), nullable=False, unique=True),
     Column("event_id", Uuid, nullable=False, unique=True),
     Column("account_id", Uuid, nullable=False),
+    # Whose it is (issue 9): the payment event's `ownerSub`; NULL with authentication off.
+    Column("owner_sub", Text),
     Column("order_number", Text, nullable=False),
     Column("notification_type", Text, nullable=False),
     Column("title", Text, nullable=False),

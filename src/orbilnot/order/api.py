@@ -11,6 +11,7 @@ from pydantic import Field
 
 from orbilnot.order import handlers
 from orbilnot.order.domain import OrderStatus
+from orbilnot.shared.auth import CallerDep
 from orbilnot.shared.money import Money, PositiveMoney
 from orbilnot.shared.pagination import PAGED_RESPONSES, PageQuery
 from orbilnot.shared.schemas import ApiModel
@@ -60,6 +61,7 @@ IDEMPOTENCY_KEY_DOC = (
 async def place_order(
     body: PlaceOrderRequest,
     kernel: KernelDep,
+    caller: CallerDep,
     # An empty key was stored like any other, and every later empty key got that order back.
     idempotency_key: Annotated[
         str | None, Header(min_length=1, max_length=200, pattern=r"^[\x20-\x7e]+$", description=IDEMPOTENCY_KEY_DOC)
@@ -67,23 +69,23 @@ async def place_order(
 ) -> UUID:
     async with kernel.engine.begin() as conn:
         order_id = await handlers.place_order(
-            conn, body.account_id, body.amount, idempotency_key, topic=kernel.settings.order_event_topic
+            conn, body.account_id, body.amount, idempotency_key, caller, topic=kernel.settings.order_event_topic
         )
     kernel.wake_relays()
     return order_id
 
 
 @router.get("/{account_id}", summary="An account's orders, oldest first, a page at a time", responses=PAGED_RESPONSES)
-async def list_orders(account_id: UUID, kernel: KernelDep, page: PageQuery) -> list[OrderResponse]:
+async def list_orders(account_id: UUID, kernel: KernelDep, page: PageQuery, caller: CallerDep) -> list[OrderResponse]:
     async with kernel.engine.connect() as conn:
-        found = await handlers.list_orders(conn, account_id, limit=page.limit, after=page.after)
+        found = await handlers.list_orders(conn, account_id, caller, limit=page.limit, after=page.after)
     return [OrderResponse.model_validate(order) for order in page.answer(found)]
 
 
 @router.get("/{account_id}/{order_id}", summary="One order", responses={404: {}})
-async def get_order(account_id: UUID, order_id: UUID, kernel: KernelDep) -> OrderResponse:
+async def get_order(account_id: UUID, order_id: UUID, kernel: KernelDep, caller: CallerDep) -> OrderResponse:
     async with kernel.engine.connect() as conn:
-        return OrderResponse.model_validate(await handlers.get_order(conn, account_id, order_id))
+        return OrderResponse.model_validate(await handlers.get_order(conn, account_id, order_id, caller))
 
 
 @router.put(
@@ -91,10 +93,10 @@ async def get_order(account_id: UUID, order_id: UUID, kernel: KernelDep) -> Orde
     summary="Change the amount of a NEW order (its event never sent)",
     responses={404: {}, 409: {"description": "The order is no longer NEW: it may already be charged"}},
 )
-async def amend_order(body: AmendOrderRequest, kernel: KernelDep) -> OrderResponse:
+async def amend_order(body: AmendOrderRequest, kernel: KernelDep, caller: CallerDep) -> OrderResponse:
     async with kernel.engine.begin() as conn:
         order = await handlers.amend_order(
-            conn, body.account_id, body.order_number, body.amount, topic=kernel.settings.order_event_topic
+            conn, body.account_id, body.order_number, body.amount, caller, topic=kernel.settings.order_event_topic
         )
     kernel.wake_relays()  # the new amount's event
     return OrderResponse.model_validate(order)
@@ -111,10 +113,10 @@ async def amend_order(body: AmendOrderRequest, kernel: KernelDep) -> OrderRespon
         409: {"description": "Its payment is in progress (SENT): withdraw it once it is decided"},
     },
 )
-async def withdraw_order(body: WithdrawOrderRequest, kernel: KernelDep) -> OrderResponse | Response:
+async def withdraw_order(body: WithdrawOrderRequest, kernel: KernelDep, caller: CallerDep) -> OrderResponse | Response:
     async with kernel.engine.begin() as conn:
         order = await handlers.withdraw_order(
-            conn, body.account_id, body.order_number, topic=kernel.settings.order_event_topic
+            conn, body.account_id, body.order_number, caller, topic=kernel.settings.order_event_topic
         )
     if order is None:
         return Response(status_code=204)

@@ -13,7 +13,7 @@ from decimal import Decimal
 from typing import Any
 from uuid import UUID
 
-from sqlalchemy import Row, delete, func, select, update
+from sqlalchemy import ColumnElement, Row, delete, func, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -21,6 +21,7 @@ from orbilnot.model import OrderEvent, OrderEventType, PaymentEvent, order_numbe
 from orbilnot.order import domain
 from orbilnot.order.domain import OrderStatus, Withdrawal
 from orbilnot.order.tables import orders, outbox, processed_events
+from orbilnot.shared.auth import Caller
 from orbilnot.shared.errors import Conflict, NotFound
 from orbilnot.shared.outbox import outbox_row, record
 from orbilnot.shared.pagination import DEFAULT_LIMIT, Page, lock_account_list
@@ -53,17 +54,27 @@ class Order:
 
 
 async def place_order(
-    conn: AsyncConnection, account_id: UUID, amount: Decimal, idempotency_key: str | None = None, *, topic: str
+    conn: AsyncConnection,
+    account_id: UUID,
+    amount: Decimal,
+    idempotency_key: str | None = None,
+    caller: Caller = Caller.OPEN,
+    *,
+    topic: str,
 ) -> UUID:
     """Commit a NEW order and, in its outbox, the CREATED event it owes `topic`.
 
     With an idempotency key, a repeat of the same request from the same account returns the
     first order's id; the unique index on (account, key) settles a race between two identical
     requests. Keys of different accounts never meet.
+
+    Whether `caller` may order on the account is not known here (billing owns accounts): the
+    order carries its placer to billing, which denies it as for a missing account if not.
     """
     order_id = uuid.uuid4()
     event_id = uuid.uuid4()
-    fingerprint = _fingerprint(account_id, amount) if idempotency_key else None
+    # The caller is part of the request: another subject's key never returns this order's id.
+    fingerprint = _fingerprint(account_id, amount, caller) if idempotency_key else None
     order_number = order_number_of(account_id, order_id)
     await lock_account_list(conn, ORDERS_LIST, account_id)  # its place in the account's list
     inserted = await conn.scalar(
@@ -77,6 +88,8 @@ async def place_order(
             created_event_id=event_id,
             idempotency_key=idempotency_key,
             request_fingerprint=fingerprint,
+            owner_sub=caller.subject,
+            placed_by_admin=caller.is_admin,
         )
         .on_conflict_do_nothing(
             index_elements=[orders.c.account_id, orders.c.idempotency_key],
@@ -85,7 +98,10 @@ async def place_order(
         .returning(orders.c.id)
     )
     if inserted is not None:
-        await _record(conn, topic, event_id, OrderEventType.CREATED, account_id, order_number, amount)
+        await _record(
+            conn, topic, event_id, OrderEventType.CREATED, account_id, order_number, amount,
+            placed_by=caller.subject, placed_by_admin=caller.is_admin,
+        )  # fmt: skip
         return order_id
     first = (
         await conn.execute(
@@ -99,30 +115,51 @@ async def place_order(
     return UUID(str(first.id))
 
 
+def _visible_to(caller: Caller) -> list[ColumnElement[bool]]:
+    """The orders `caller` may see: all for an admin (or with auth off), else the caller's own.
+    Another's orders are simply absent, so a list looks like that of an unknown account."""
+    return [] if caller.sees_everything else [orders.c.owner_sub == caller.subject]
+
+
 async def list_orders(
-    conn: AsyncConnection, account_id: UUID, *, limit: int = DEFAULT_LIMIT, after: int | None = None
+    conn: AsyncConnection,
+    account_id: UUID,
+    caller: Caller = Caller.OPEN,
+    *,
+    limit: int = DEFAULT_LIMIT,
+    after: int | None = None,
 ) -> Page[Order]:
     """The account's orders after position `after`, oldest first, on the (account_id, seq) index."""
-    query = select(orders).where(orders.c.account_id == account_id)
+    query = select(orders).where(orders.c.account_id == account_id, *_visible_to(caller))
     if after is not None:
         query = query.where(orders.c.seq > after)
     rows = await conn.execute(query.order_by(orders.c.seq).limit(limit + 1))
     return Page.of([(row.seq, Order.of(row)) for row in rows], limit)
 
 
-async def get_order(conn: AsyncConnection, account_id: UUID, order_id: UUID) -> Order:
-    row = (await conn.execute(select(orders).where(orders.c.id == order_id, orders.c.account_id == account_id))).first()
+async def get_order(conn: AsyncConnection, account_id: UUID, order_id: UUID, caller: Caller = Caller.OPEN) -> Order:
+    row = (
+        await conn.execute(
+            select(orders).where(orders.c.id == order_id, orders.c.account_id == account_id, *_visible_to(caller))
+        )
+    ).first()
     if row is None:
         raise NotFound(f"order {order_id} of account {account_id} not found")
     return Order.of(row)
 
 
 async def amend_order(
-    conn: AsyncConnection, account_id: UUID, order_number: str, amount: Decimal, *, topic: str
+    conn: AsyncConnection,
+    account_id: UUID,
+    order_number: str,
+    amount: Decimal,
+    caller: Caller = Caller.OPEN,
+    *,
+    topic: str,
 ) -> Order:
     """PUT: change the amount of an order whose CREATED was never sent. Its unsent event is
     replaced by one with the new amount (events are immutable snapshots, never edited)."""
-    row = await _lock_order(conn, account_id, order_number)
+    row = await _lock_order(conn, account_id, order_number, caller)
     domain.ensure_amendable(OrderStatus(row.status))
     event_id = uuid.uuid4()
     await conn.execute(delete(outbox).where(outbox.c.event_id == row.created_event_id))
@@ -134,13 +171,18 @@ async def amend_order(
             .returning(*orders.c)
         )
     ).one()
-    await _record(conn, topic, event_id, OrderEventType.CREATED, account_id, order_number, amount)
+    await _record(
+        conn, topic, event_id, OrderEventType.CREATED, account_id, order_number, amount,
+        placed_by=row.owner_sub, placed_by_admin=row.placed_by_admin,
+    )  # fmt: skip
     return Order.of(changed)
 
 
-async def withdraw_order(conn: AsyncConnection, account_id: UUID, order_number: str, *, topic: str) -> Order | None:
+async def withdraw_order(
+    conn: AsyncConnection, account_id: UUID, order_number: str, caller: Caller = Caller.OPEN, *, topic: str
+) -> Order | None:
     """DELETE: remove an order surely never charged (None), or start its refund, at most once."""
-    row = await _lock_order(conn, account_id, order_number)
+    row = await _lock_order(conn, account_id, order_number, caller)
     action = domain.withdrawal(OrderStatus(row.status))
     if action is Withdrawal.REMOVE:
         if row.status == OrderStatus.NEW:
@@ -159,17 +201,21 @@ async def withdraw_order(conn: AsyncConnection, account_id: UUID, order_number: 
             .returning(*orders.c)
         )
     ).one()
-    await _record(conn, topic, uuid.uuid4(), OrderEventType.CANCELLED, account_id, order_number, row.amount)
+    await _record(
+        conn, topic, uuid.uuid4(), OrderEventType.CANCELLED, account_id, order_number, row.amount,
+        placed_by=row.owner_sub, placed_by_admin=row.placed_by_admin,
+    )  # fmt: skip
     return Order.of(refunding)
 
 
-async def _lock_order(conn: AsyncConnection, account_id: UUID, order_number: str) -> Row[Any]:
+async def _lock_order(conn: AsyncConnection, account_id: UUID, order_number: str, caller: Caller) -> Row[Any]:
     """Lock the order row, and first the outbox row of its CREATED event while that is unsent.
 
     The relay locks outbox rows and then, in the same transaction, moves their orders NEW → SENT;
     taking the two locks in the same order here means we never deadlock with it, and if a relay
     is claiming this order's event right now we wait for its commit: what we then read says
-    whether the event may be out (SENT) or surely is not (NEW).
+    whether the event may be out (SENT) or surely is not (NEW). An order `caller` may not see
+    is "not found", like a missing one.
     """
     try:
         owner, _ = parse_order_number(order_number)
@@ -177,7 +223,7 @@ async def _lock_order(conn: AsyncConnection, account_id: UUID, order_number: str
         raise NotFound(f"order {order_number} not found") from None
     if owner != account_id:
         raise NotFound(f"order {order_number} of account {account_id} not found")
-    where = (orders.c.order_number == order_number, orders.c.account_id == account_id)
+    where = (orders.c.order_number == order_number, orders.c.account_id == account_id, *_visible_to(caller))
     for _ in range(5):
         event_id = await conn.scalar(
             select(orders.c.created_event_id).where(*where, orders.c.status == OrderStatus.NEW)
@@ -209,6 +255,9 @@ async def _record(
     account_id: UUID,
     order_number: str,
     amount: Decimal,
+    *,
+    placed_by: str | None,
+    placed_by_admin: bool,
 ) -> None:
     event = OrderEvent(
         event_id=event_id,
@@ -217,12 +266,17 @@ async def _record(
         order_number=order_number,
         amount=amount,
         occurred_at=datetime.now(UTC),
+        placed_by=placed_by,
+        placed_by_admin=placed_by_admin,
     )
     await record(conn, outbox, [outbox_row(event_id, topic, str(account_id), event.to_json())])
 
 
-def _fingerprint(account_id: UUID, amount: Decimal) -> str:
-    return hashlib.sha256(f"{account_id}|{amount:.2f}".encode()).hexdigest()
+def _fingerprint(account_id: UUID, amount: Decimal, caller: Caller) -> str:
+    request = f"{account_id}|{amount:.2f}"
+    if caller.subject is not None:  # with auth off the fingerprint stays what it always was
+        request += f"|{caller.subject}"
+    return hashlib.sha256(request.encode()).hexdigest()
 
 
 # -- Kafka -------------------------------------------------------------------------------------
@@ -243,7 +297,9 @@ async def apply_payment_result(conn: AsyncConnection, event: PaymentEvent) -> No
         return
     row = (
         await conn.execute(
-            select(orders.c.id, orders.c.status).where(orders.c.order_number == event.order_number).with_for_update()
+            select(orders.c.id, orders.c.status, orders.c.owner_sub)
+            .where(orders.c.order_number == event.order_number)
+            .with_for_update()
         )
     ).first()
     if row is None:
@@ -257,8 +313,13 @@ async def apply_payment_result(conn: AsyncConnection, event: PaymentEvent) -> No
             event.event_id, event.payment_event_type, event.order_number, current,
         )  # fmt: skip
         return
+    # Billing, which knows the accounts, says whose the order is now (issue 9): the account
+    # owner's when it was allowed (an admin's order on bob's account becomes bob's).
+    owner = event.owner_sub if event.owner_sub is not None else row.owner_sub
     await conn.execute(
-        update(orders).where(orders.c.id == row.id).values(status=new_status.value, updated_at=func.now())
+        update(orders)
+        .where(orders.c.id == row.id)
+        .values(status=new_status.value, owner_sub=owner, updated_at=func.now())
     )
 
 

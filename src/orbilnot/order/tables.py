@@ -3,6 +3,7 @@ the migrations create the same (a test compares the two)."""
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     CheckConstraint,
     Column,
     DateTime,
@@ -35,6 +36,11 @@ orders = Table(
     Column("amount", Numeric(14, 2), nullable=False),
     Column("status", Text, nullable=False),
     Column("created_event_id", Uuid, unique=True),
+    # Who may see and change it (issue 9): the subject that placed it; once billing has decided,
+    # the account owner it names (so an admin's order on bob's account becomes bob's). NULL:
+    # placed with authentication off. `placed_by_admin` travels in its events to billing.
+    Column("owner_sub", Text),
+    Column("placed_by_admin", Boolean, nullable=False, server_default="false"),
     Column("idempotency_key", Text),
     Column("request_fingerprint", Text),
     Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),

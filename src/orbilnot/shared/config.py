@@ -55,6 +55,44 @@ class HttpLimitSettings(BaseSettings):
         )
 
 
+class AuthSettings(ProcessSettings):
+    """Who may call the API (issue 9; README "Authentication"). Off by default, seed-compatible."""
+
+    auth_mode: Literal["off", "oidc"] = "off"
+    # The issuer exactly as it appears in the tokens' `iss` (for Keycloak: .../realms/<realm>);
+    # its keys are found through `<issuer>/.well-known/openid-configuration`.
+    oidc_issuer_url: str | None = None
+    oidc_audience: str | None = None
+    oidc_admin_role: str = "orbilnot-admin"
+    # Clock skew tolerated on exp/nbf/iat between the provider and us.
+    oidc_leeway_s: float = Field(default=10.0, ge=0, le=300)
+    # An unknown key id makes us fetch the issuer's keys again, at most this often.
+    oidc_jwks_min_refresh_s: float = Field(default=5.0, ge=0)
+    # /metrics is open by default (scrapers inside the cluster); true: it needs a valid token too.
+    metrics_require_auth: bool = False
+
+    @field_validator("oidc_issuer_url", "oidc_audience", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        # Compose passes `OIDC_ISSUER_URL: ${OIDC_ISSUER_URL:-}`: an empty variable means "not set".
+        return None if value == "" else value
+
+    @field_validator("oidc_issuer_url")
+    @classmethod
+    def _issuer_url(cls, url: str | None) -> str | None:
+        if url is not None and not url.startswith(("http://", "https://")):
+            raise ValueError(f"OIDC_ISSUER_URL must start with http:// or https://: {url!r}")
+        return url  # kept exactly: it is compared with `iss` as is (Auth0's ends with a slash)
+
+    @model_validator(mode="after")
+    def _oidc_needs_issuer_and_audience(self) -> AuthSettings:
+        if self.auth_mode == "oidc" and not (self.oidc_issuer_url and self.oidc_audience):
+            raise ValueError("AUTH_MODE=oidc needs OIDC_ISSUER_URL and OIDC_AUDIENCE")
+        if self.metrics_require_auth and self.auth_mode != "oidc":
+            raise ValueError("METRICS_REQUIRE_AUTH=true needs AUTH_MODE=oidc")
+        return self
+
+
 class DatabaseSettings(ProcessSettings):
     """Where the database is: DATABASE_URL, and optionally DATABASE_PASSWORD.
 
@@ -78,7 +116,7 @@ class DatabaseSettings(ProcessSettings):
         return self
 
 
-class ServiceSettings(DatabaseSettings):
+class ServiceSettings(DatabaseSettings, AuthSettings):
     """Configuration of one billing, order or notification process."""
 
     kafka_bootstrap_servers: str
@@ -137,7 +175,7 @@ class ServiceSettings(DatabaseSettings):
         )
 
 
-class GatewaySettings(ProcessSettings):
+class GatewaySettings(AuthSettings):
     """Configuration of the API gateway. Each upstream may list several comma-separated URLs."""
 
     billing_url: Annotated[list[str], NoDecode]

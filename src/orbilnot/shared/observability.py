@@ -114,15 +114,20 @@ class RequestContextMiddleware:
 
 ReadinessCheck = Callable[[], Awaitable[Mapping[str, bool | str]]]
 """One entry per dependency or loop: True when fine, False or a sentence saying what is wrong."""
+# Answers a refusal for a request that may not read /metrics, or None to let it through.
+MetricsGuard = Callable[[Request], Awaitable[Response | None]]
 
 
 def health_routes(
-    readiness: ReadinessCheck | None = None, before_scrape: Callable[[], Awaitable[None]] | None = None
+    readiness: ReadinessCheck | None = None,
+    before_scrape: Callable[[], Awaitable[None]] | None = None,
+    metrics_guard: MetricsGuard | None = None,
 ) -> list[Route]:
     """Routes for `/health/live`, `/health/ready` and `/metrics`.
 
     `readiness` returns one entry per dependency; anything but True answers 503 with the details.
     `before_scrape` refreshes gauges that are measured when asked for (backlog ages).
+    Health is always open; `metrics_guard` may restrict /metrics (METRICS_REQUIRE_AUTH).
     """
 
     async def live(_: Request) -> Response:
@@ -133,7 +138,10 @@ def health_routes(
         ok = all(value is True for value in checks.values())
         return JSONResponse({"status": "UP" if ok else "DOWN", "checks": checks}, status_code=200 if ok else 503)
 
-    async def metrics(_: Request) -> Response:
+    async def metrics(request: Request) -> Response:
+        refusal = await metrics_guard(request) if metrics_guard else None
+        if refusal is not None:
+            return refusal
         if before_scrape is not None:
             await before_scrape()
         return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)

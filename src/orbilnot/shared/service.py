@@ -19,7 +19,7 @@ from typing import Annotated, Any, TypeVar
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from prometheus_client import Gauge
 from pydantic import BaseModel
 from sqlalchemy import Column, ColumnElement, Select, Table, func, select
@@ -27,8 +27,8 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import AsyncConnection
 from starlette.exceptions import HTTPException
-from starlette.responses import Response
 
+from orbilnot.shared.auth import Authenticator, current_caller
 from orbilnot.shared.config import ServiceSettings
 from orbilnot.shared.consumer import IdempotentConsumer
 from orbilnot.shared.db import create_engine, database_is_up, is_connection_problem
@@ -222,11 +222,13 @@ def create_service_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         kernel = build_kernel()
         app.state.kernel = kernel
+        app.state.authenticator = Authenticator(kernel.settings)
         await kernel.start()
         try:
             yield
         finally:
             await kernel.stop()
+            await app.state.authenticator.close()
 
     app = FastAPI(
         title=title,
@@ -239,7 +241,14 @@ def create_service_app(
         strict_content_type=False,
     )
     for router in routers:
-        app.include_router(router, prefix=prefix)
+        # Every API route needs a verified caller (a 401 otherwise, when AUTH_MODE=oidc); routes
+        # that decide by owner also take `CallerDep`, which FastAPI then resolves only once.
+        app.include_router(
+            router,
+            prefix=prefix,
+            dependencies=[Depends(current_caller)],
+            responses={401: {"description": "With AUTH_MODE=oidc: no valid bearer access token"}},
+        )
 
     async def readiness() -> dict[str, bool | str]:
         kernel: ServiceKernel | None = getattr(app.state, "kernel", None)
@@ -250,7 +259,13 @@ def create_service_app(
         if kernel is not None:
             await kernel.measure_backlogs()
 
-    app.router.routes.extend(health_routes(readiness, before_scrape))
+    async def metrics_guard(request: Request) -> Response | None:
+        authenticator: Authenticator | None = getattr(app.state, "authenticator", None)
+        if authenticator is None or not authenticator.metrics_restricted:
+            return None
+        return await authenticator.guard_metrics(request)
+
+    app.router.routes.extend(health_routes(readiness, before_scrape, metrics_guard))
 
     @app.exception_handler(NotFound)
     async def not_found(_: Request, error: NotFound) -> JSONResponse:
