@@ -34,7 +34,13 @@ def test_the_acceptance_scenario(http: httpx.Client) -> None:
     assert both[1]["body"] == "Not enough balance for commiting payment for order"
     assert http.get(f"/account/{account}").json()["balance"] == 500
 
-    orders = http.get(f"/orders/{account}").json()
+    # The order and notification services consume the payment result each on their own: the
+    # notification may be committed before the order's new status, so wait for that too.
+    orders = eventually_sync(
+        lambda: http.get(f"/orders/{account}").json(),
+        lambda found: all(o["status"] in ("CONFIRMED", "CANCELLED") for o in found),
+        what="both orders decided",
+    )
     assert [(o["id"], o["status"]) for o in orders] == [(paid.json(), "CONFIRMED"), (denied.json(), "CANCELLED")]
     ledger = http.get(f"/account/{account}/transactions").json()
     assert [entry["kind"] for entry in ledger] == ["OPENING", "DEPOSIT", "PAYMENT"]
