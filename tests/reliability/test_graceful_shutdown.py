@@ -77,7 +77,9 @@ async def test_sigterm_each_service_under_load_answers_everything_and_loses_noth
                         elif kind == "read":
                             response = await http.get(f"/account/{probe}")
                         elif kind == "order":
-                            body = {"accountId": probe, "amount": 1000}  # denied: the probe stays exact
+                            # Denied: the probe never holds that much (the long form deposits well over
+                            # 1,000), so its balance stays exactly the sum of the deposits.
+                            body = {"accountId": probe, "amount": 10**11}
                             key = uuid.uuid4().hex
                             response = await http.post("/orders", json=body, headers={"Idempotency-Key": key})
                         else:
