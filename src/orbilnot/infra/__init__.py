@@ -10,8 +10,9 @@ from __future__ import annotations
 import fcntl
 import random
 import socket
+import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -62,6 +63,23 @@ def read_pid(path: Path) -> int | None:
         return int(first_line)
     except (FileNotFoundError, ValueError):
         return None
+
+
+def running_pid(
+    pid_file: Path, own_child: subprocess.Popen[bytes] | None, is_ours: Callable[[list[str]], bool]
+) -> int | None:
+    """The pid in `pid_file` if that process is alive and ours, else None.
+
+    Our own child is judged by poll(), which is exact (and reaps it once it has exited), whereas
+    /proc may not show its command line yet in the first moments after exec. Any other pid may
+    have been recycled and belong to anything: `is_ours` judges its command line."""
+    pid = read_pid(pid_file)
+    if pid is None:
+        return None
+    if own_child is not None and own_child.pid == pid:
+        return pid if own_child.poll() is None else None
+    cmdline = process_cmdline(pid)
+    return pid if cmdline is not None and is_ours(cmdline) else None
 
 
 def free_ports(count: int) -> list[int]:

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
-from orbilnot.infra import file_lock, process_cmdline, read_pid, wait_for_exit
+from orbilnot.infra import file_lock, running_pid, wait_for_exit
 
 log = logging.getLogger(__name__)
 
@@ -168,19 +168,12 @@ class LocalKafka:
 
     @property
     def pid(self) -> int | None:
-        """The pid of our running broker, or None."""
-        pid = read_pid(self.pid_file)
-        if pid is None:
-            return None
-        if self._process is not None and self._process.pid == pid:
-            # Our own child: poll() is exact (and reaps it once it has exited), whereas /proc may
-            # not show its command line yet in the first moments after exec.
-            return pid if self._process.poll() is None else None
-        cmdline = process_cmdline(pid)
-        # A recycled pid may now belong to anything: only a JVM running our config is ours.
-        if cmdline is None or KAFKA_MAIN not in cmdline or str(self._properties_file) not in cmdline:
-            return None
-        return pid
+        """The pid of our running broker, or None: only a JVM running our config is ours."""
+        return running_pid(
+            self.pid_file,
+            self._process,
+            lambda cmdline: KAFKA_MAIN in cmdline and str(self._properties_file) in cmdline,
+        )
 
     def is_running(self) -> bool:
         return self.pid is not None

@@ -30,7 +30,7 @@ from typing import Any
 
 import httpx
 
-from orbilnot.infra import file_lock, process_cmdline, read_pid, wait_for_exit
+from orbilnot.infra import file_lock, running_pid, wait_for_exit
 
 log = logging.getLogger(__name__)
 
@@ -120,16 +120,8 @@ class LocalKeycloak:
 
     @property
     def pid(self) -> int | None:
-        pid = read_pid(self.pid_file)
-        if pid is None:
-            return None
-        if self._process is not None and self._process.pid == pid:
-            return pid if self._process.poll() is None else None
-        cmdline = process_cmdline(pid)
-        # A recycled pid may belong to anything: only a process of our installation is ours.
-        if cmdline is None or not any(str(self.home) in arg for arg in cmdline):
-            return None
-        return pid
+        """The pid of our running Keycloak, or None: only a process of our installation is ours."""
+        return running_pid(self.pid_file, self._process, lambda cmdline: any(str(self.home) in arg for arg in cmdline))
 
     def is_running(self) -> bool:
         return self.pid is not None
