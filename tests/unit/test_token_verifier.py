@@ -115,8 +115,10 @@ async def test_keys_are_fetched_once_not_per_request(issuer: FakeIssuer, verifie
 @pytest.mark.parametrize(
     "claims",
     [
-        {"exp": int(time.time()) - 60},
-        {"nbf": int(time.time()) + 60},
+        # Times relative to when the test runs (see below), not to when the module was collected:
+        # collected long before, an "nbf in a minute" would already have passed.
+        {"exp": -60},
+        {"nbf": +60},
         {"aud": "another-api"},
         {"iss": "https://evil.example.test/realms/orbilnot"},
         {"sub": None},
@@ -126,6 +128,10 @@ async def test_keys_are_fetched_once_not_per_request(issuer: FakeIssuer, verifie
     ids=["expired", "not-yet-valid", "audience", "issuer", "no-sub", "no-exp", "empty-sub"],
 )
 async def test_claims_are_checked(issuer: FakeIssuer, verifier: TokenVerifier, claims: dict[str, Any]) -> None:
+    now = int(time.time())
+    claims = {
+        name: now + value if name in ("exp", "nbf") and value is not None else value for name, value in claims.items()
+    }
     with pytest.raises(InvalidToken):
         await verifier.verify(issuer.token(**claims))
 
