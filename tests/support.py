@@ -22,6 +22,7 @@ import asyncpg
 import httpx
 from aiokafka import AIOKafkaConsumer
 from aiokafka.structs import ConsumerRecord
+from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy.engine import make_url
 
 from orbilnot.infra import free_ports
@@ -29,6 +30,7 @@ from orbilnot.infra.kafka import LocalKafka
 from orbilnot.infra.postgres import LocalPostgres
 from orbilnot.migrations.roles import SERVICE_SCHEMAS, role_of
 from orbilnot.migrations.runner import migrate
+from orbilnot.up import gateway_env
 
 T = TypeVar("T")
 
@@ -217,6 +219,22 @@ class Stack:
             print(f"--- {log.name}\n" + "\n".join(tail))
 
 
+@contextmanager
+def running_stack(infra: RunningInfra, logs: Path, topic_prefix: str, **env: str) -> Iterator[Stack]:
+    """billing, order, notification and a gateway as `orbilnot serve` processes, with a database
+    and topics of their own (as tests/e2e's session stack, for a test that needs fresh counters)."""
+    database_url = asyncio.run(create_migrated_database(infra.database_url))
+    stack = Stack(urls={}, env=stack_env(infra, database_url, topic_prefix, **env), logs=logs)
+    ports = free_ports(4)
+    try:
+        for service, port in zip(("billing", "order", "notification"), ports, strict=False):
+            stack.start(service, service, port)
+        stack.start("gateway", "gateway", ports[3], gateway_env({}, stack.urls))
+        yield stack
+    finally:
+        stack.stop_all()
+
+
 def service_database_url(infra: RunningInfra, database_url: str, service: str) -> str:
     """`database_url`'s database, as `service`'s own role (SPEC §9: least privilege)."""
     url = make_url(database_url).set(username=role_of(service), password=infra.postgres.passwords[service])
@@ -246,3 +264,46 @@ def _ready(url: str, process: subprocess.Popen[bytes]) -> bool:
         return httpx.get(f"{url}/health/ready", timeout=1).status_code == 200
     except httpx.HTTPError:
         return False
+
+
+# -- Prometheus ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Scrape:
+    """One `/metrics` answer: every sample by name and labels, and every metric name exposed."""
+
+    samples: dict[tuple[str, frozenset[tuple[str, str]]], float]
+    names: frozenset[str]
+
+    def value(self, name: str, **labels: str) -> float:
+        """The sample's value; 0 for a labelled child never created (a counter not yet moved)."""
+        return self.samples.get((name, frozenset(labels.items())), 0.0)
+
+    def series(self, name: str) -> dict[frozenset[tuple[str, str]], float]:
+        return {labels: value for (sample, labels), value in self.samples.items() if sample == name}
+
+
+# What a family of each type exposes: a counter `x` is `x_total` (and `x_created`), and so on.
+_SUFFIXES = {
+    "counter": ("_total", "_created"),
+    "histogram": ("_bucket", "_count", "_sum", "_created"),
+    "summary": ("", "_count", "_sum", "_created"),
+    "gauge": ("",),
+    "info": ("_info",),
+}
+
+
+def scrape(url: str) -> Scrape:
+    """Read `url`/metrics. Names include those of families with no sample yet (a labelled
+    metric whose first child was never created still says HELP and TYPE)."""
+    response = httpx.get(f"{url}/metrics", timeout=5)
+    response.raise_for_status()
+    samples: dict[tuple[str, frozenset[tuple[str, str]]], float] = {}
+    names: set[str] = set()
+    for family in text_string_to_metric_families(response.text):
+        names.update(family.name + suffix for suffix in _SUFFIXES.get(family.type, ("",)))
+        for sample in family.samples:
+            samples[(sample.name, frozenset(sample.labels.items()))] = sample.value
+            names.add(sample.name)
+    return Scrape(samples, frozenset(names))

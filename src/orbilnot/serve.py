@@ -14,7 +14,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from orbilnot.shared.config import GatewaySettings, HttpLimitSettings, ProcessSettings, ServiceSettings
 from orbilnot.shared.http_limits import EdgeLimitsProtocol
-from orbilnot.shared.observability import configure_logging
+from orbilnot.shared.observability import configure_logging, name_process
 
 
 def _app_factory(service: str) -> Callable[[], ASGIApp]:
@@ -49,6 +49,7 @@ def serve(service: str, host: str, port: int) -> int:
     keep_alive_s = limits.keep_alive_s or (GATEWAY_KEEP_ALIVE_S if service == "gateway" else SERVICE_KEEP_ALIVE_S)
     logging_settings = ProcessSettings()
     configure_logging(logging_settings.log_level, logging_settings.log_format, service=service)
+    name_process(service)
     # uvicorn handles SIGTERM (a graceful shutdown), then restores the handler it found and raises
     # the signal again, so with the default handler a clean stop ended as "killed by SIGTERM"
     # (exit status -15/143). Supervisors read that as a crash: exit 0 instead. (A SIGTERM before

@@ -12,7 +12,7 @@ from decimal import Decimal
 from typing import Any
 from uuid import UUID
 
-from prometheus_client import Counter
+from prometheus_client import Counter, Histogram
 from sqlalchemy import Row, bindparam, func, insert, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -22,8 +22,9 @@ from orbilnot.billing.domain import AccountAction, LedgerKind, OrderEventStatus
 from orbilnot.billing.tables import accounts, ledger, order_events, outbox
 from orbilnot.model import OrderEvent, OrderEventType, PaymentEvent
 from orbilnot.shared.auth import Caller
-from orbilnot.shared.db import is_transient
+from orbilnot.shared.db import after_commit, is_transient
 from orbilnot.shared.errors import NotFound
+from orbilnot.shared.observability import FLOW_LATENCY_BUCKETS, ORDER_CREATED_AT_HEADER
 from orbilnot.shared.outbox import outbox_row, record
 from orbilnot.shared.pagination import DEFAULT_LIMIT, Page
 from orbilnot.shared.retry import FailureTracker, in_transaction
@@ -33,12 +34,37 @@ log = logging.getLogger(__name__)
 PARKED = Counter(
     "orbilnot_parked_events_total", "Events set aside because processing them failed on their own", ["service"]
 )
+# Counted once the processor's transaction commits (`shared.db.after_commit`): a batch rolled
+# back and decided again is counted once, by the attempt that stuck.
+DECISION_LATENCY = Histogram(
+    "orbilnot_decision_latency_seconds",
+    "Order created → payment decided: the CREATED event's occurredAt to its result's",
+    ["outcome"],
+    buckets=FLOW_LATENCY_BUCKETS,
+)
+REFUNDS = Counter("orbilnot_refunds_total", "Refunds written to the ledger")
+REFUNDED_AMOUNT = Counter("orbilnot_refunded_amount_total", "Money given back by refunds, as the ledger wrote it")
+_OUTCOMES = {
+    OrderEventStatus.PAYMENT_CONFIRMED: "confirmed",
+    OrderEventStatus.PAYMENT_DENIED: "denied",
+    OrderEventStatus.PARKED: "parked",
+}
 
 
 @dataclass(frozen=True, slots=True)
 class Account:
     id: UUID
     balance: Decimal
+
+
+@dataclass(frozen=True, slots=True)
+class Decided:
+    """What deciding one order event did, for the metrics (counted once it is committed)."""
+
+    event_type: OrderEventType
+    status: OrderEventStatus
+    waited_s: float  # the event's occurredAt → its result's
+    refunded: Decimal = Decimal(0)  # what the ledger's REFUND entry gave back
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,7 +192,8 @@ async def process_received_events(conn: AsyncConnection, limit: int, *, topic: s
         return 0
     try:
         async with conn.begin_nested():
-            await _decide(conn, claimed, topic)
+            decided = await _decide(conn, claimed, topic)
+        _count_once_committed(conn, decided)
     except Exception as batch_error:
         if is_transient(batch_error):
             raise
@@ -185,7 +212,8 @@ async def process_received_events(conn: AsyncConnection, limit: int, *, topic: s
         for row in claimed:
             try:
                 async with conn.begin_nested():
-                    await _decide(conn, [row], topic)
+                    decided = await _decide(conn, [row], topic)
+                _count_once_committed(conn, decided)
             except Exception as error:
                 if is_transient(error):
                     raise
@@ -203,7 +231,24 @@ async def process_batch(engine: AsyncEngine, limit: int, *, topic: str, tracker:
     )
 
 
-async def _decide(conn: AsyncConnection, rows: Sequence[Row[Any]], topic: str) -> None:
+def _count_once_committed(conn: AsyncConnection, decided: list[Decided]) -> None:
+    """Observe what a released savepoint decided, after the transaction commits. (Registered
+    only once the savepoint is released: one rolled back must count nothing.)"""
+
+    def count() -> None:
+        for one in decided:
+            if one.event_type is OrderEventType.CREATED:
+                DECISION_LATENCY.labels(_OUTCOMES[one.status]).observe(one.waited_s)
+            if one.refunded:
+                REFUNDS.inc()
+                REFUNDED_AMOUNT.inc(float(one.refunded))
+
+    after_commit(conn, count)
+
+
+async def _decide(conn: AsyncConnection, rows: Sequence[Row[Any]], topic: str) -> list[Decided]:
+    """Decide `rows` (their accounts locked here): ledger, balances, statuses and results."""
+    decided_at = datetime.now(UTC)  # the results' occurredAt
     account_ids = sorted({row.account_id for row in rows})
     balances: dict[UUID, Decimal] = {}
     refundables: dict[UUID, Decimal] = {}
@@ -232,6 +277,7 @@ async def _decide(conn: AsyncConnection, rows: Sequence[Row[Any]], topic: str) -
     entries: list[dict[str, Any]] = []
     results: list[dict[str, Any]] = []
     events: list[dict[str, Any]] = []
+    decided: list[Decided] = []
     for row in rows:
         event_type = OrderEventType(row.event_type)
         exists = row.account_id in balances
@@ -250,6 +296,8 @@ async def _decide(conn: AsyncConnection, rows: Sequence[Row[Any]], topic: str) -
             paid=paid.get(row.order_number),
             already_refunded=row.order_number in refunded,
         )
+        given_back = decision.balance_change if decision.ledger_kind is LedgerKind.REFUND else Decimal(0)
+        decided.append(Decided(event_type, decision.status, _seconds_between(row.occurred_at, decided_at), given_back))
         if decision.ledger_kind is not None:
             balances[row.account_id] += decision.balance_change
             refundables[row.account_id] -= decision.balance_change
@@ -277,7 +325,8 @@ async def _decide(conn: AsyncConnection, rows: Sequence[Row[Any]], topic: str) -
         )
         # The outcome is the account owner's to see, or, if refused, only its placer's.
         owner_sub = owners[row.account_id] if allowed else row.placed_by
-        events.append(_result(topic, row, result_id, decision.status, decision.amount, decision.description, owner_sub))
+        status, amount, description = decision.status, decision.amount, decision.description
+        events.append(_result(topic, row, result_id, status, amount, description, owner_sub, decided_at))
 
     if entries:
         await _write_ledger(conn, entries)
@@ -293,6 +342,7 @@ async def _decide(conn: AsyncConnection, rows: Sequence[Row[Any]], topic: str) -
         )
     await _set_decided(conn, results)
     await record(conn, outbox, events)
+    return decided
 
 
 async def _park(conn: AsyncConnection, row: Row[Any], error: BaseException, topic: str) -> None:
@@ -312,12 +362,18 @@ async def _park(conn: AsyncConnection, row: Row[Any], error: BaseException, topi
             }
         ],
     )
-    description = domain.parked_description(OrderEventType(row.event_type))
+    event_type = OrderEventType(row.event_type)
+    description = domain.parked_description(event_type)
     # Whose the outcome is was not decided (the failure may be the account's): only the placer's.
+    parked_at = datetime.now(UTC)
     await record(
         conn,
         outbox,
-        [_result(topic, row, result_id, OrderEventStatus.PARKED, row.amount, description, row.placed_by)],
+        [_result(topic, row, result_id, OrderEventStatus.PARKED, row.amount, description, row.placed_by, parked_at)],
+    )
+    # At the transaction's own level (no savepoint of ours is open here).
+    _count_once_committed(
+        conn, [Decided(event_type, OrderEventStatus.PARKED, _seconds_between(row.occurred_at, parked_at))]
     )
 
 
@@ -343,6 +399,7 @@ def _result(
     amount: Decimal,
     description: str | None,
     owner_sub: str | None,
+    decided_at: datetime,
 ) -> dict[str, Any]:
     result = status.result_event
     assert result is not None, status  # only decided rows answer
@@ -353,13 +410,21 @@ def _result(
         order_number=row.order_number,
         amount=amount,
         description=description,
-        occurred_at=datetime.now(UTC),
+        occurred_at=decided_at,
         owner_sub=owner_sub,
     )
-    return outbox_row(result_id, topic, str(row.account_id), event.to_json())
+    # When the order was created travels beside the event, not in it (SPEC §4 fixes its fields):
+    # the notification service measures order created → notification stored from it.
+    headers = {ORDER_CREATED_AT_HEADER: row.occurred_at.isoformat()} if row.event_type == "CREATED" else None
+    return outbox_row(result_id, topic, str(row.account_id), event.to_json(), headers)
 
 
 # -- helpers -----------------------------------------------------------------------------------
+
+
+def _seconds_between(start: datetime, end: datetime) -> float:
+    # Never negative: the order's clock (another host) may run a little ahead of ours.
+    return max(0.0, (end - start).total_seconds())
 
 
 def _entry(

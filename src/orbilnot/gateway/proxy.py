@@ -27,7 +27,7 @@ from starlette.types import Receive, Scope, Send
 
 from orbilnot.gateway.upstreams import Upstream
 from orbilnot.shared.config import GatewaySettings
-from orbilnot.shared.observability import request_id_var
+from orbilnot.shared.observability import FORWARDED, request_id_var
 
 logger = logging.getLogger(__name__)
 
@@ -143,6 +143,7 @@ class Proxy:
             return
         except ClientDisconnected:
             return
+        scope[FORWARDED] = True  # the upstream's answer: its refusals are counted there, not here
         await _relay_response(response, send, upstream.name)
 
     async def _open_response(self, scope: Scope, receive: Receive, upstream: Upstream, path: bytes) -> httpx.Response:

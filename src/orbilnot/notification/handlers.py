@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from uuid import UUID
 
+from prometheus_client import Histogram
 from sqlalchemy import select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -15,9 +16,19 @@ from orbilnot.model import PaymentEvent
 from orbilnot.notification.domain import render
 from orbilnot.notification.tables import notifications
 from orbilnot.shared.auth import Caller
+from orbilnot.shared.consumer import consumed_record
+from orbilnot.shared.db import after_commit
+from orbilnot.shared.observability import FLOW_LATENCY_BUCKETS, ORDER_CREATED_AT_HEADER
 from orbilnot.shared.pagination import DEFAULT_LIMIT, Page, lock_account_list
 
 NOTIFICATIONS_LIST = "notification_service.notifications"
+
+NOTIFICATION_LATENCY = Histogram(
+    "orbilnot_notification_latency_seconds",
+    "Order created (its CREATED event's occurredAt, in a header of the payment result) → its "
+    "notification stored; observed once the notification is committed",
+    buckets=FLOW_LATENCY_BUCKETS,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,7 +49,7 @@ async def store_notification(conn: AsyncConnection, event: PaymentEvent) -> None
     # events of one account share a partition, so two batches meet on an account only while a
     # rebalance hands a partition over, and then the loser of a deadlock is retried event by event.
     await lock_account_list(conn, NOTIFICATIONS_LIST, event.account_id)
-    await conn.execute(
+    stored = await conn.scalar(
         pg_insert(notifications)
         .values(
             id=uuid.uuid4(),
@@ -51,7 +62,30 @@ async def store_notification(conn: AsyncConnection, event: PaymentEvent) -> None
             body=message.body,
         )
         .on_conflict_do_nothing()
+        .returning(notifications.c.id)
     )
+    created_at = _order_created_at()
+    if stored is not None and created_at is not None:  # a duplicate was stored (and counted) before
+        after_commit(conn, lambda: _observe_since(created_at))
+
+
+def _observe_since(created_at: datetime) -> None:
+    # At the commit: the notification is stored now. Never negative: another host's clock.
+    NOTIFICATION_LATENCY.observe(max(0.0, (datetime.now(UTC) - created_at).total_seconds()))
+
+
+def _order_created_at() -> datetime | None:
+    """When the order was created, from the header billing puts on the result of a CREATED event;
+    None for a refund's result, or a message from a producer that sets no such header."""
+    record = consumed_record.get()
+    for name, value in (record.headers if record is not None else None) or ():
+        if name == ORDER_CREATED_AT_HEADER:
+            try:
+                parsed = datetime.fromisoformat(value.decode())
+            except (UnicodeDecodeError, ValueError):
+                return None  # travels beside the event, unchecked: never fails the event
+            return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
+    return None
 
 
 async def list_notifications(

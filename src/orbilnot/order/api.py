@@ -12,6 +12,7 @@ from pydantic import Field
 from orbilnot.order import handlers
 from orbilnot.order.domain import OrderStatus
 from orbilnot.shared.auth import CallerDep
+from orbilnot.shared.db import transaction
 from orbilnot.shared.money import Money, PositiveMoney
 from orbilnot.shared.pagination import PAGED_RESPONSES, PageQuery
 from orbilnot.shared.schemas import ApiModel
@@ -114,7 +115,7 @@ async def amend_order(body: AmendOrderRequest, kernel: KernelDep, caller: Caller
     },
 )
 async def withdraw_order(body: WithdrawOrderRequest, kernel: KernelDep, caller: CallerDep) -> OrderResponse | Response:
-    async with kernel.engine.begin() as conn:
+    async with transaction(kernel.engine) as conn:  # counts CONFIRMED → REFUND_PENDING once committed
         order = await handlers.withdraw_order(
             conn, body.account_id, body.order_number, caller, topic=kernel.settings.order_event_topic
         )

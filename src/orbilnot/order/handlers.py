@@ -13,6 +13,7 @@ from decimal import Decimal
 from typing import Any
 from uuid import UUID
 
+from prometheus_client import Counter
 from sqlalchemy import ColumnElement, Row, delete, func, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -22,14 +23,29 @@ from orbilnot.order import domain
 from orbilnot.order.domain import OrderStatus, Withdrawal
 from orbilnot.order.tables import orders, outbox, processed_events
 from orbilnot.shared.auth import Caller
+from orbilnot.shared.db import after_commit
 from orbilnot.shared.errors import Conflict, NotFound
 from orbilnot.shared.outbox import outbox_row, record
 from orbilnot.shared.pagination import DEFAULT_LIMIT, Page, lock_account_list
 
 log = logging.getLogger(__name__)
 
+TRANSITIONS = Counter(
+    "orbilnot_order_transitions_total",
+    "Orders that changed status, counted once their transaction committed",
+    ["from_status", "to_status"],
+)
+
 ORDERS_LIST = "order_service.orders"
 """The name under which writers of one account's orders take turns (`lock_account_list`)."""
+
+
+def _count_transition(conn: AsyncConnection, before: OrderStatus, after: OrderStatus, orders_moved: int = 1) -> None:
+    """Count `orders_moved` orders going `before` → `after` once the transaction commits (never for
+    one rolled back, so a retried batch counts its orders once; `shared.db.after_commit`)."""
+    if orders_moved:
+        child = TRANSITIONS.labels(before.value, after.value)
+        after_commit(conn, lambda: child.inc(orders_moved))
 
 
 @dataclass(frozen=True, slots=True)
@@ -205,6 +221,7 @@ async def withdraw_order(
         conn, topic, uuid.uuid4(), OrderEventType.CANCELLED, account_id, order_number, row.amount,
         placed_by=row.owner_sub, placed_by_admin=row.placed_by_admin,
     )  # fmt: skip
+    _count_transition(conn, OrderStatus(row.status), OrderStatus.REFUND_PENDING)
     return Order.of(refunding)
 
 
@@ -321,13 +338,15 @@ async def apply_payment_result(conn: AsyncConnection, event: PaymentEvent) -> No
         .where(orders.c.id == row.id)
         .values(status=new_status.value, owner_sub=owner, updated_at=func.now())
     )
+    _count_transition(conn, current, new_status)
 
 
 async def mark_attempted(conn: AsyncConnection, claimed: Sequence[Row[Any]]) -> None:
     """The relay's `on_attempt`: in the transaction that records its attempt, before it sends,
     the orders whose CREATED it claimed move NEW → SENT (they may be charged from now on)."""
-    await conn.execute(
+    sent = await conn.execute(
         update(orders)
         .where(orders.c.created_event_id.in_([row.event_id for row in claimed]), orders.c.status == OrderStatus.NEW)
         .values(status=OrderStatus.SENT.value, updated_at=func.now())
     )
+    _count_transition(conn, OrderStatus.NEW, OrderStatus.SENT, sent.rowcount)

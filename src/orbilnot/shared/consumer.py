@@ -24,16 +24,17 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable
+from contextvars import ContextVar
 from typing import Generic, TypeVar
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.errors import CommitFailedError
+from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 from aiokafka.structs import ConsumerRecord
-from prometheus_client import Counter
+from prometheus_client import Counter, Gauge
 from pydantic import BaseModel, ValidationError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from orbilnot.shared.db import database_is_up, is_transient
+from orbilnot.shared.db import database_is_up, is_transient, transaction
 from orbilnot.shared.kafka import KafkaConnection, ProducerHandle, create_consumer, send_to_dead_letter
 from orbilnot.shared.retry import FailureTracker, backoff
 
@@ -41,9 +42,17 @@ log = logging.getLogger(__name__)
 
 CONSUMED = Counter("orbilnot_consumer_events_total", "Events consumed and stored", ["topic", "group"])
 DEAD_LETTERED = Counter("orbilnot_consumer_dead_letters_total", "Messages sent to a DLT", ["topic"])
+LAG = Gauge(
+    "orbilnot_consumer_lag",
+    "Messages of an assigned partition not yet consumed (high-water mark - position), at the last scrape",
+    ["topic", "partition", "group"],
+)
 
 Event = TypeVar("Event", bound=BaseModel)
 Handler = Callable[[AsyncConnection, Event], Awaitable[None]]
+
+consumed_record: ContextVar[ConsumerRecord | None] = ContextVar("consumed_record", default=None)
+"""The Kafka record of the event a handler is given, for what travels beside the event (headers)."""
 
 
 class DatabaseDown(Exception):
@@ -79,6 +88,7 @@ class IdempotentConsumer(Generic[Event]):
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
         self.tracker = FailureTracker(f"consumer:{topic}")
+        self._lag_labels: set[tuple[str, str, str]] = set()
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -136,6 +146,32 @@ class IdempotentConsumer(Generic[Event]):
                 await self._consumer.stop()
             self._consumer = None
 
+    async def measure_lag(self) -> None:
+        """Set the lag of each partition assigned to this consumer, before a scrape.
+
+        From what the client already knows (the high-water mark of its last fetch, its position):
+        no request to the broker. A partition no longer assigned loses its series, so a rebalance
+        leaves no stale lag behind in this process.
+        """
+        assigned: set[tuple[str, str, str]] = set()
+        if (consumer := self._consumer) is not None:
+            for tp in consumer.assignment():
+                labels = (tp.topic, str(tp.partition), self.group_id)
+                assigned.add(labels)
+                highwater = consumer.highwater(tp)
+                if highwater is None:  # nothing fetched from it yet
+                    continue
+                try:
+                    # Immediate when the position is known; a partition still being reset is skipped.
+                    position = await asyncio.wait_for(consumer.position(tp), 0.1)
+                except (TimeoutError, IllegalStateError, KafkaError):
+                    continue
+                LAG.labels(*labels).set(max(0, highwater - position))
+        for gone in self._lag_labels - assigned:
+            with contextlib.suppress(KeyError):
+                LAG.remove(*gone)
+        self._lag_labels = assigned
+
     # -- one batch ---------------------------------------------------------------------------
 
     async def _poll_once(self, consumer: AIOKafkaConsumer) -> None:
@@ -181,8 +217,12 @@ class IdempotentConsumer(Generic[Event]):
 
         async def store(conn: AsyncConnection) -> None:
             try:
-                for _, event in events:
-                    await self._handle(conn, event)
+                for record, event in events:
+                    token = consumed_record.set(record)
+                    try:
+                        await self._handle(conn, event)
+                    finally:
+                        consumed_record.reset(token)
             except Exception as error:
                 # An error not known as transient, while the database does not even answer
                 # `SELECT 1`, is still the outage and not the events' fault: dead-lettering them
@@ -197,7 +237,7 @@ class IdempotentConsumer(Generic[Event]):
             tracker=self.tracker,
         ):
             with attempt:
-                async with self._engine.begin() as conn:
+                async with transaction(self._engine) as conn:
                     await store(conn)
         CONSUMED.labels(self.topic, self.group_id).inc(len(events))
 

@@ -8,11 +8,13 @@ and Core keeps them visible and cheap.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from orbilnot.shared.config import ServiceSettings
 
@@ -37,6 +39,42 @@ def create_engine(settings: ServiceSettings, *, application_name: str, pool_size
             "command_timeout": 30,
         },
     )
+
+
+_AFTER_COMMIT = "orbilnot.after_commit"
+
+
+@asynccontextmanager
+async def transaction(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
+    """`engine.begin()`, which also runs what `after_commit` was given once the commit succeeded.
+
+    For effects outside the database that must follow only a change that really happened, such
+    as counting an order's transition in a metric: a transaction that rolls back, or whose commit
+    fails, runs none of them, so a retried transaction counts its change once.
+    """
+    callbacks: list[Callable[[], None]] = []
+    async with engine.begin() as conn:
+        # `info` belongs to the pooled DBAPI connection and outlives this checkout: take it back.
+        conn.info[_AFTER_COMMIT] = callbacks
+        try:
+            yield conn
+        finally:
+            conn.info.pop(_AFTER_COMMIT, None)
+    for callback in callbacks:
+        callback()
+
+
+def after_commit(conn: AsyncConnection, callback: Callable[[], None]) -> None:
+    """Run `callback` once the transaction `conn` is in has committed, if it was opened with
+    `transaction()`. Under any other owner (a test's own `engine.begin()`) it is dropped: a metric
+    then misses a change rather than counting one that may be rolled back.
+
+    Register only at the transaction's own level, never inside a savepoint that may still roll
+    back: collect what a savepoint did and register it once the savepoint is released.
+    """
+    callbacks: list[Callable[[], None]] | None = conn.info.get(_AFTER_COMMIT)
+    if callbacks is not None:
+        callbacks.append(callback)
 
 
 async def database_is_up(engine: AsyncEngine, timeout_s: float = 2.0) -> bool:

@@ -32,6 +32,7 @@ import httptools
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
 from orbilnot.shared.config import HttpLimitSettings
+from orbilnot.shared.observability import count_rejection
 
 # How long a refused connection is still read (and what arrives dropped) before it is closed.
 LINGER_S = 2.0
@@ -202,6 +203,7 @@ class EdgeLimitsProtocol(HttpToolsProtocol):
 
     def _refuse(self, status: int, detail: str) -> None:
         """Answer `status` (unless a response is already under way) and close the connection."""
+        count_rejection(status)  # refused before the application (and its metrics) saw the request
         cycle = self.cycle
         if cycle is not None and not cycle.response_complete:
             # The application is still on this connection: from now on it reads a disconnect and

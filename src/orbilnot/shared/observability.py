@@ -15,7 +15,7 @@ import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from contextvars import ContextVar
 
-from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Counter, Histogram, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Counter, Gauge, Histogram, generate_latest
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -31,6 +31,50 @@ HTTP_LATENCY = Histogram(
     ["method", "route"],
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
+
+FLOW_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
+"""Buckets of the flow's latencies (order created → decided, → notified): milliseconds when the
+saga flows, minutes when a backlog builds."""
+
+ORDER_CREATED_AT_HEADER = "orbilnot-order-created-at"
+"""Kafka header on billing's result of a CREATED event: the order's CREATED occurredAt (ISO 8601)."""
+
+REJECTED = Counter(
+    "orbilnot_rejected_requests_total",
+    "Requests refused at the edge or by validation, by a fixed set of reasons",
+    ["service", "reason"],
+)
+REJECTION_REASONS = {
+    400: "invalid",
+    401: "unauthorized",
+    403: "forbidden",
+    408: "too_slow",
+    409: "conflict",
+    413: "too_large",
+    422: "invalid",
+    429: "rate_limited",
+    431: "too_large",
+}
+"""The statuses that mean "refused" and the reason each is counted under. A status, never input,
+picks the label, so the label values stay this bounded set."""
+
+READY = Gauge("orbilnot_ready", "1 when the last readiness check passed, else 0", ["service"])
+
+_service = "unknown"
+
+
+def name_process(service: str) -> None:
+    """Say which process this is (`orbilnot serve <service>`): the `service` label of the
+    metrics that carry one. Called once at start-up, before the app serves."""
+    global _service
+    _service = service
+
+
+def count_rejection(status: int) -> None:
+    """Count a response of `status` as a rejection, if it is one (REJECTION_REASONS)."""
+    reason = REJECTION_REASONS.get(status)
+    if reason is not None:
+        REJECTED.labels(_service, reason).inc()
 
 
 class JsonFormatter(logging.Formatter):
@@ -109,8 +153,14 @@ class RequestContextMiddleware:
             method = scope.get("method", "")
             HTTP_REQUESTS.labels(method, route_name, str(status_code)).inc()
             HTTP_LATENCY.labels(method, route_name).observe(time.perf_counter() - started)
+            # An upstream's answer that the gateway only passes on was counted by that service.
+            if status_code >= 400 and not scope.get(FORWARDED):
+                count_rejection(status_code)
             request_id_var.reset(token)
 
+
+FORWARDED = "orbilnot.forwarded"
+"""Set in the ASGI scope of a request whose answer comes from an upstream (the gateway's proxy)."""
 
 ReadinessCheck = Callable[[], Awaitable[Mapping[str, bool | str]]]
 """One entry per dependency or loop: True when fine, False or a sentence saying what is wrong."""
@@ -136,6 +186,7 @@ def health_routes(
     async def ready(_: Request) -> Response:
         checks = await readiness() if readiness else {}
         ok = all(value is True for value in checks.values())
+        READY.labels(_service).set(1 if ok else 0)  # each evaluation, so changes() sees a flap
         return JSONResponse({"status": "UP" if ok else "DOWN", "checks": checks}, status_code=200 if ok else 503)
 
     async def metrics(request: Request) -> Response:

@@ -15,7 +15,7 @@ from typing import TypeVar
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, wait_exponential_jitter
 
-from orbilnot.shared.db import is_transient
+from orbilnot.shared.db import is_transient, transaction
 
 log = logging.getLogger(__name__)
 
@@ -83,9 +83,10 @@ async def in_transaction(
     tracker: FailureTracker | None = None,
 ) -> T:
     """Run `work` in one transaction; run the whole transaction again after a transient error
-    (the database unreachable, a serialization failure, a deadlock). Other errors propagate."""
+    (the database unreachable, a serialization failure, a deadlock). Other errors propagate.
+    What `work` registers with `after_commit` runs once, after the attempt that committed."""
     async for attempt in backoff(what, retry_on=is_transient, tracker=tracker):
         with attempt:
-            async with engine.begin() as conn:
+            async with transaction(engine) as conn:
                 return await work(conn)
     raise AssertionError("unreachable: tenacity either returns or raises")

@@ -94,6 +94,10 @@ class ServiceKernel:
         self.backlog(name, outbox.c.created_at, outbox.c.published_at.is_(None))
         return relay
 
+    @property
+    def consumers(self) -> Sequence[IdempotentConsumer[Any]]:
+        return self._consumers
+
     def backlog(self, name: str, created_at: Column[Any], waiting: ColumnElement[bool]) -> None:
         """Report how many rows wait (`waiting`) and how old the oldest is, at each scrape."""
         self._backlogs.append((name, select(func.count(), func.min(created_at)).where(waiting)))
@@ -258,6 +262,8 @@ def create_service_app(
         kernel: ServiceKernel | None = getattr(app.state, "kernel", None)
         if kernel is not None:
             await kernel.measure_backlogs()
+            for consumer in kernel.consumers:
+                await consumer.measure_lag()
 
     async def metrics_guard(request: Request) -> Response | None:
         authenticator: Authenticator | None = getattr(app.state, "authenticator", None)
