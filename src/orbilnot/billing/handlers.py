@@ -44,10 +44,11 @@ DECISION_LATENCY = Histogram(
 )
 REFUNDS = Counter("orbilnot_refunds_total", "Refunds written to the ledger")
 REFUNDED_AMOUNT = Counter("orbilnot_refunded_amount_total", "Money given back by refunds, as the ledger wrote it")
-_OUTCOMES = {
-    OrderEventStatus.PAYMENT_CONFIRMED: "confirmed",
-    OrderEventStatus.PAYMENT_DENIED: "denied",
-    OrderEventStatus.PARKED: "parked",
+# Created up front: every outcome has a series from the start, and no lookup per decision.
+_DECISIONS_BY_STATUS = {
+    OrderEventStatus.PAYMENT_CONFIRMED: DECISION_LATENCY.labels("confirmed"),
+    OrderEventStatus.PAYMENT_DENIED: DECISION_LATENCY.labels("denied"),
+    OrderEventStatus.PARKED: DECISION_LATENCY.labels("parked"),
 }
 
 
@@ -238,7 +239,7 @@ def _count_once_committed(conn: AsyncConnection, decided: list[Decided]) -> None
     def count() -> None:
         for one in decided:
             if one.event_type is OrderEventType.CREATED:
-                DECISION_LATENCY.labels(_OUTCOMES[one.status]).observe(one.waited_s)
+                _DECISIONS_BY_STATUS[one.status].observe(one.waited_s)
             if one.refunded:
                 REFUNDS.inc()
                 REFUNDED_AMOUNT.inc(float(one.refunded))
