@@ -4,12 +4,18 @@ happened, once, however many times the transaction had to be run (README, "Metri
 from __future__ import annotations
 
 import asyncio
+import uuid
+from datetime import UTC, datetime
+from decimal import Decimal
 
 import pytest
+from prometheus_client import REGISTRY
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from orbilnot.billing.handlers import open_account, process_batch, receive_order_event
+from orbilnot.model import OrderEvent, OrderEventType
 from orbilnot.shared.db import after_commit, transaction
 from orbilnot.shared.retry import in_transaction
 
@@ -64,3 +70,70 @@ async def test_outside_a_transaction_of_ours_nothing_is_kept(engine: AsyncEngine
         pass
     await asyncio.sleep(0)
     assert ran == []
+
+
+# -- billing's processor: each decision counted once ----------------------------------------------
+
+
+def decisions(outcome: str) -> float:
+    return REGISTRY.get_sample_value("orbilnot_decision_latency_seconds_count", {"outcome": outcome}) or 0.0
+
+
+async def fail_ledger_writes_for(engine: AsyncEngine, order_number: str, sqlstate: str, times: int) -> None:
+    """Writing this order's ledger entry fails with `sqlstate`, the first `times` times."""
+    async with engine.begin() as conn:
+        await conn.execute(text("CREATE SEQUENCE billing.injected_failures"))
+        await conn.execute(
+            text(f"""
+            CREATE FUNCTION billing.inject_failure() RETURNS trigger AS $$
+            BEGIN
+              IF NEW.order_number = '{order_number}' AND nextval('billing.injected_failures') <= {times} THEN
+                RAISE EXCEPTION 'injected failure' USING ERRCODE = '{sqlstate}';
+              END IF;
+              RETURN NEW;
+            END $$ LANGUAGE plpgsql""")
+        )
+        await conn.execute(
+            text(
+                "CREATE TRIGGER inject_failure BEFORE INSERT ON billing.ledger "
+                "FOR EACH ROW EXECUTE FUNCTION billing.inject_failure()"
+            )
+        )
+
+
+async def orders_received(engine: AsyncEngine, *amounts: int) -> list[OrderEvent]:
+    async with engine.begin() as conn:
+        account = await open_account(conn, Decimal(100))
+        events = [
+            OrderEvent(
+                event_id=uuid.uuid4(), event_type=OrderEventType.CREATED, account_id=account,
+                order_number=f"{account}:{uuid.uuid4()}", amount=Decimal(amount), occurred_at=datetime.now(UTC),
+            )
+            for amount in amounts
+        ]  # fmt: skip
+        for event in events:
+            await receive_order_event(conn, event)
+    return events
+
+
+@pytest.mark.parametrize(
+    ("sqlstate", "times", "expected"),
+    [
+        # The batch fails on one event of its own: decided again one by one, that one parked.
+        ("P0001", 1000, {"confirmed": 2, "denied": 1, "parked": 1}),
+        # A serialization failure: the whole transaction runs again, nothing parked.
+        ("40001", 1, {"confirmed": 3, "denied": 1, "parked": 0}),
+    ],
+    ids=["batch-decided-again-one-by-one", "transaction-run-again"],
+)
+async def test_each_decision_is_counted_once_however_often_its_batch_ran(
+    engine: AsyncEngine, sqlstate: str, times: int, expected: dict[str, int]
+) -> None:
+    before = {outcome: decisions(outcome) for outcome in expected}
+    # 10, 20 and 30 are paid from the 100 (unless parked); 500 is more than is left: denied.
+    culprit = (await orders_received(engine, 10, 20, 30, 500))[1]
+    await fail_ledger_writes_for(engine, culprit.order_number, sqlstate, times)
+
+    assert await process_batch(engine, 50, topic="payment.event") == 4
+
+    assert {outcome: decisions(outcome) - before[outcome] for outcome in expected} == expected
