@@ -416,7 +416,8 @@ def _result(
     )
     # When the order was created travels beside the event, not in it (SPEC §4 fixes its fields):
     # the notification service measures order created → notification stored from it.
-    headers = {ORDER_CREATED_AT_HEADER: row.occurred_at.isoformat()} if row.event_type == "CREATED" else None
+    created = row.event_type == OrderEventType.CREATED
+    headers = {ORDER_CREATED_AT_HEADER: row.occurred_at.isoformat()} if created else None
     return outbox_row(result_id, topic, str(row.account_id), event.to_json(), headers)
 
 

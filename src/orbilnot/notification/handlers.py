@@ -65,7 +65,8 @@ async def store_notification(conn: AsyncConnection, event: PaymentEvent) -> None
         .returning(notifications.c.id)
     )
     created_at = _order_created_at()
-    if stored is not None and created_at is not None:  # a duplicate was stored (and counted) before
+    # `stored` is None for a duplicate: observed when it was stored the first time.
+    if stored is not None and created_at is not None:
         after_commit(conn, lambda: _observe_since(created_at))
 
 
