@@ -138,6 +138,9 @@ def test_refusals_are_counted_by_reason_where_they_happen(stack: Stack, http: ht
     with httpx.Client(base_url=stack.urls["limited"], timeout=10) as limited:
         answers = [limited.get(f"/account/{account}").status_code for _ in range(3)]
     assert 429 in answers  # a bucket of one token, refilled once in 100 s
+    # Refused by the gateway's HTTP protocol itself, before any application code saw it.
+    crowded = {f"x-header-{i}": "x" for i in range(120)}
+    assert http.get(f"/account/{account}", headers=crowded).status_code == 431
 
     after = scrapes(stack)
     after_limited = scrape(stack.urls["limited"])
@@ -145,7 +148,9 @@ def test_refusals_are_counted_by_reason_where_they_happen(stack: Stack, http: ht
     assert moved(before["order"], after["order"], rejected, service="order", reason="invalid") == 1
     assert moved(before["order"], after["order"], rejected, service="order", reason="conflict") == 1
     # The gateway passed those answers on: they are the order service's refusals, not its own.
-    assert after["gateway"].series(rejected) == before["gateway"].series(rejected)
+    assert moved(before["gateway"], after["gateway"], rejected, service="gateway", reason="invalid") == 0
+    assert moved(before["gateway"], after["gateway"], rejected, service="gateway", reason="conflict") == 0
+    assert moved(before["gateway"], after["gateway"], rejected, service="gateway", reason="too_large") == 1
     assert moved(before_limited, after_limited, rejected, service="gateway", reason="rate_limited") == answers.count(
         429
     )
