@@ -1,18 +1,21 @@
 """The relay on a real PostgreSQL and a real Kafka broker: it publishes exactly what was
 committed, once, even with two relays at once; a publish that failed is published later; nothing
 is marked published that the broker did not acknowledge; and an order whose event may be out is
-never treated as NEW again (the ack-then-rollback window)."""
+never treated as NEW again (the ack-then-rollback window); a message the broker refuses on its own
+is set aside without holding back the others; published rows are swept after their retention."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import uuid
+from datetime import timedelta
 from decimal import Decimal
 
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from sqlalchemy import func, select, update
+from prometheus_client import REGISTRY
+from sqlalchemy import func, select, text, update
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from orbilnot.model import order_number_of
@@ -20,6 +23,7 @@ from orbilnot.order.handlers import amend_order, get_order, mark_attempted, plac
 from orbilnot.order.tables import orders, outbox
 from orbilnot.shared.errors import Conflict
 from orbilnot.shared.kafka import ProducerHandle
+from orbilnot.shared.outbox import outbox_row, record
 from orbilnot.shared.relay import OutboxRelay
 from support import read_topic
 
@@ -43,7 +47,9 @@ async def drain(relay: OutboxRelay) -> None:
         pass
 
 
-def relay_for(engine: AsyncEngine, producer: ProducerHandle, batch_size: int = 7) -> OutboxRelay:
+def relay_for(
+    engine: AsyncEngine, producer: ProducerHandle, batch_size: int = 7, retention: timedelta | None = None
+) -> OutboxRelay:
     return OutboxRelay(
         "test",
         outbox,
@@ -52,7 +58,29 @@ def relay_for(engine: AsyncEngine, producer: ProducerHandle, batch_size: int = 7
         batch_size=batch_size,
         poll_interval_s=0.1,
         on_attempt=mark_attempted,
+        retention=retention,
+        sweep_batch_size=2,
     )
+
+
+async def create_topic(infra, max_message_bytes: int) -> str:  # type: ignore[no-untyped-def]
+    name = f"test.limited.{uuid.uuid4().hex[:10]}"
+    admin = AIOKafkaAdminClient(bootstrap_servers=infra.kafka_bootstrap_servers)
+    await admin.start()
+    try:
+        await admin.create_topics(
+            [
+                NewTopic(
+                    name,
+                    num_partitions=1,
+                    replication_factor=1,
+                    topic_configs={"max.message.bytes": str(max_message_bytes)},
+                )
+            ]
+        )
+    finally:
+        await admin.close()
+    return name
 
 
 async def unpublished(engine: AsyncEngine) -> int:
@@ -132,25 +160,18 @@ async def test_nothing_is_marked_published_that_the_broker_refused(
 ) -> None:
     """The relay's central promise. The broker takes the connection but refuses every message
     (the topic's `max.message.bytes` is smaller than any event): a relay that did not wait for the
-    broker's acks before marking its rows published would mark them all here."""
-    refusing = f"test.refusing.{uuid.uuid4().hex[:10]}"
-    admin = AIOKafkaAdminClient(bootstrap_servers=infra.kafka_bootstrap_servers)
-    await admin.start()
-    try:
-        await admin.create_topics(
-            [NewTopic(refusing, num_partitions=1, replication_factor=1, topic_configs={"max.message.bytes": "64"})]
-        )
-    finally:
-        await admin.close()
+    broker's acks before marking its rows published would mark them all here. (Each message is
+    refused on its own, so each is set aside with the broker's error, not published.)"""
+    refusing = await create_topic(infra, max_message_bytes=64)
     await place_orders(engine, refusing, 5)
 
-    with pytest.raises(Exception):  # noqa: B017 - whatever the client raises for the refusal
-        await relay_for(engine, producer).publish_batch()
+    await relay_for(engine, producer).publish_batch()
 
     assert await unpublished(engine) == 5
     async with engine.connect() as conn:
-        attempts = list(await conn.scalars(select(outbox.c.attempts)))
-    assert attempts == [1] * 5, "the attempt was recorded before sending"
+        rows = (await conn.execute(select(outbox.c.attempts, outbox.c.error))).all()
+    assert [row.attempts for row in rows] == [1] * 5, "the attempt was recorded before sending"
+    assert all(row.error and "MessageSizeTooLarge" in row.error for row in rows), rows
 
 
 class AckedThenRolledBack(Exception):
@@ -197,3 +218,64 @@ async def test_the_ack_then_rollback_window_never_lets_an_order_look_unsent(
     records = await read_topic(infra.kafka_bootstrap_servers, topic, at_least=2)
     assert [json.loads(r.value)["eventId"] for r in records] == [json.loads(first.value)["eventId"]] * 2
     assert await unpublished(engine) == 0
+
+
+async def test_a_message_the_broker_refuses_on_its_own_is_set_aside_and_the_others_flow(
+    engine: AsyncEngine, producer: ProducerHandle, infra
+) -> None:
+    """One partition, so the relay's messages share the broker's batches: a message larger than the
+    topic takes (refused by the broker) and one larger than any request (refused by the client)
+    sit between ordinary events. Those two are set aside with their error, never marked
+    published; the others are published, and the outbox is not blocked behind them."""
+    limited = await create_topic(infra, max_message_bytes=4096)
+    events = [
+        outbox_row(uuid.uuid4(), limited, "k", value)
+        for value in (b'"first"', b'"' + b"x" * 10_000 + b'"', b'"second"', b'"' + b"y" * 1_100_000 + b'"', b'"third"')
+    ]
+    async with engine.begin() as conn:
+        await record(conn, outbox, events)
+    refused_before = REGISTRY.get_sample_value("orbilnot_relay_refused_total", {"source": "test"}) or 0.0
+
+    await drain(relay_for(engine, producer))
+    assert not await relay_for(engine, producer).publish_batch(), "refused rows are not claimed again"
+
+    published = await read_topic(infra.kafka_bootstrap_servers, limited, at_least=3)
+    assert [r.value for r in published] == [b'"first"', b'"second"', b'"third"']
+    async with engine.connect() as conn:
+        rows = (await conn.execute(select(outbox).order_by(outbox.c.id))).all()
+    assert [(row.published_at is None, row.refused_at is None) for row in rows] == [
+        (False, True),
+        (True, False),
+        (False, True),
+        (True, False),
+        (False, True),
+    ]
+    assert all("TooLarge" in rows[i].error for i in (1, 3)), [rows[i].error for i in (1, 3)]
+    assert REGISTRY.get_sample_value("orbilnot_relay_refused_total", {"source": "test"}) == refused_before + 2
+
+
+async def test_published_rows_are_swept_after_their_retention_in_bounded_batches(
+    engine: AsyncEngine, producer: ProducerHandle, topic: str
+) -> None:
+    await place_orders(engine, topic, 6)
+    relay = relay_for(engine, producer, retention=timedelta(hours=24))
+    await drain(relay)
+    async with engine.begin() as conn:
+        old = list(await conn.scalars(select(outbox.c.id).order_by(outbox.c.id).limit(5)))
+        await conn.execute(
+            update(outbox).where(outbox.c.id.in_(old)).values(published_at=func.now() - text("interval '25 hours'"))
+        )
+        # An unpublished row, however old, is never swept: it is still owed to Kafka.
+        await conn.execute(
+            update(outbox)
+            .where(outbox.c.id == old[-1])
+            .values(published_at=None, created_at=func.now() - text("interval '30 hours'"))
+        )
+    await place_orders(engine, topic, 1)  # not yet published
+
+    assert await relay.sweep() == 4  # two batches of two, then one that finds nothing left
+
+    async with engine.connect() as conn:
+        left = list(await conn.scalars(select(outbox.c.id).order_by(outbox.c.id)))
+    assert old[-1] in left and not set(old[:4]) & set(left)
+    assert len(left) == 3  # the unpublished old one, the recent published one, the new one

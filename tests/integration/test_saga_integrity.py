@@ -1,6 +1,7 @@
-"""Issue 7, on the real PostgreSQL (and Kafka where a relay is involved): one event that fails for
-a reason of its own is parked and holds back no other; a transient database error is retried,
-never parked; billing refunds what its ledger says was paid, whatever the event claims."""
+"""Issue 7, on the real PostgreSQL (and Kafka where a consumer is involved): one event that fails
+for a reason of its own is parked and holds back no other, in billing's processor and in the order
+and notification consumers; a transient database error is retried, never parked; billing refunds
+what its ledger says was paid, whatever the event claims."""
 
 from __future__ import annotations
 
@@ -9,12 +10,20 @@ import uuid
 from datetime import UTC, datetime
 from decimal import Decimal
 
-from sqlalchemy import select, text
+from prometheus_client import REGISTRY
+from sqlalchemy import insert, select, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from orbilnot.billing.handlers import open_account, process_received_events, receive_order_event
 from orbilnot.billing.tables import accounts, ledger, order_events
-from orbilnot.model import OrderEvent, OrderEventType
+from orbilnot.model import OrderEvent, OrderEventType, PaymentEvent, PaymentEventType
+from orbilnot.notification.handlers import park_notification, store_notification
+from orbilnot.notification.tables import notifications, parked_events
+from orbilnot.order.handlers import apply_payment_result, park_payment_result
+from orbilnot.order.tables import orders, processed_events
+from orbilnot.shared.consumer import IdempotentConsumer
+from orbilnot.shared.kafka import ProducerHandle
+from support import eventually
 
 
 def order_event(
@@ -148,3 +157,155 @@ async def test_a_forged_cancellation_refunds_only_what_was_paid(engine: AsyncEng
     assert entries == [("OPENING", Decimal(100)), ("PAYMENT", Decimal(-1)), ("REFUND", Decimal(1))]
     # A CANCELLED for an order never paid refunds nothing and says so.
     assert await statuses(engine, never_paid) == ["PAYMENT_DENIED"]
+
+
+# -- the order and notification consumers ----------------------------------------------------------
+
+
+def payment_event(
+    account: uuid.UUID, number: str, kind: PaymentEventType, description: str = "", owner: str | None = None
+) -> PaymentEvent:
+    return PaymentEvent(
+        event_id=uuid.uuid4(),
+        payment_event_type=kind,
+        account_id=account,
+        order_number=number,
+        amount=Decimal(10),
+        description=description or None,
+        occurred_at=datetime.now(UTC),
+        owner_sub=owner,
+    )
+
+
+def counted(metric: str, **labels: str) -> float:
+    return REGISTRY.get_sample_value(metric, labels) or 0.0
+
+
+async def consume(engine: AsyncEngine, producer: ProducerHandle, topic: str, infra, handle, park):  # type: ignore[no-untyped-def]
+    consumer = IdempotentConsumer(
+        topic=topic,
+        group_id=f"test-{uuid.uuid4().hex[:8]}",
+        model=PaymentEvent,
+        handle=handle,
+        park=park,
+        service="test",
+        engine=engine,
+        producer=producer,
+        kafka=infra.kafka_bootstrap_servers,
+        client_id="test",
+        batch_size=100,
+    )
+    consumer.start()
+    return consumer
+
+
+async def test_a_payment_result_the_order_service_cannot_apply_is_parked_and_holds_back_no_other(
+    engine: AsyncEngine, producer: ProducerHandle, topic: str, infra
+) -> None:
+    """Three orders of one account (one partition, one batch): the result of one cannot be applied
+    beyond its status (a stand-in for any fault of its own: a constraint, a bug), another's order
+    refuses every change. Both are parked with their reason and counted, neither is dead-lettered,
+    and the innocent order behind them is confirmed. The first still gets the final status billing
+    decided (and the user was notified of); the second keeps its status, its parked row says why."""
+    account = uuid.uuid4()
+    innocent, beyond_status, frozen = (f"{account}:{uuid.uuid4()}" for _ in range(3))
+    async with engine.begin() as conn:
+        await conn.execute(
+            insert(orders),
+            [
+                {"id": uuid.uuid4(), "account_id": account, "order_number": n, "amount": Decimal(10), "status": "SENT"}
+                for n in (beyond_status, frozen, innocent)
+            ],
+        )
+        await conn.execute(
+            text(f"""
+            CREATE FUNCTION order_service.inject_failure() RETURNS trigger AS $$
+            BEGIN
+              IF NEW.order_number = '{frozen}'
+                 OR (NEW.order_number = '{beyond_status}' AND NEW.owner_sub IS DISTINCT FROM OLD.owner_sub) THEN
+                RAISE EXCEPTION 'injected failure for %', NEW.order_number;
+              END IF;
+              RETURN NEW;
+            END $$ LANGUAGE plpgsql""")
+        )
+        await conn.execute(
+            text(
+                "CREATE TRIGGER inject_failure BEFORE UPDATE ON order_service.orders "
+                "FOR EACH ROW EXECUTE FUNCTION order_service.inject_failure()"
+            )
+        )
+    parked_before = counted("orbilnot_parked_events_total", service="test")
+    dead_before = counted("orbilnot_consumer_dead_letters_total", topic=topic)
+    events = [
+        payment_event(account, beyond_status, PaymentEventType.PAYMENT_CONFIRMED, owner="someone-else"),
+        payment_event(account, frozen, PaymentEventType.PAYMENT_CONFIRMED),
+        payment_event(account, innocent, PaymentEventType.PAYMENT_CONFIRMED),
+    ]
+    for event in events:
+        await producer.producer.send(topic, event.to_json(), key=str(account).encode())
+    await producer.producer.flush()
+
+    consumer = await consume(engine, producer, topic, infra, apply_payment_result, park_payment_result)
+    try:
+
+        async def status_of(number: str) -> str | None:
+            async with engine.connect() as conn:
+                return await conn.scalar(select(orders.c.status).where(orders.c.order_number == number))
+
+        await eventually(lambda: status_of(innocent), lambda s: s == "CONFIRMED", what="the innocent order")
+    finally:
+        await consumer.stop()
+
+    async with engine.connect() as conn:
+        inbox = {
+            row.event_id: (row.status, row.error)
+            for row in await conn.execute(
+                select(processed_events.c.event_id, processed_events.c.status, processed_events.c.error)
+            )
+        }
+        final = dict((await conn.execute(select(orders.c.order_number, orders.c.status))).all())
+    assert inbox[events[2].event_id] == ("PROCESSED", None)
+    for parked in events[:2]:
+        status, error = inbox[parked.event_id]
+        assert status == "PARKED" and error is not None and "injected failure" in error
+    assert final == {beyond_status: "CONFIRMED", frozen: "SENT", innocent: "CONFIRMED"}
+    assert counted("orbilnot_parked_events_total", service="test") == parked_before + 2
+    assert counted("orbilnot_consumer_dead_letters_total", topic=topic) == dead_before
+
+
+async def test_a_notification_the_database_refuses_is_parked_and_holds_back_no_other(
+    engine: AsyncEngine, producer: ProducerHandle, topic: str, infra
+) -> None:
+    """A valid payment event whose text PostgreSQL cannot store (a NUL character): the notification
+    service's own limit, not a malformed message. It is parked with its reason and counted; the
+    notification after it is stored."""
+    account = uuid.uuid4()
+    refused = payment_event(account, f"{account}:{uuid.uuid4()}", PaymentEventType.PAYMENT_DENIED, "a\u0000b")
+    innocent = payment_event(account, f"{account}:{uuid.uuid4()}", PaymentEventType.PAYMENT_CONFIRMED)
+    parked_before = counted("orbilnot_parked_events_total", service="test")
+    dead_before = counted("orbilnot_consumer_dead_letters_total", topic=topic)
+    for event in (refused, innocent):
+        await producer.producer.send(topic, event.to_json(), key=str(account).encode())
+    await producer.producer.flush()
+
+    consumer = await consume(engine, producer, topic, infra, store_notification, park_notification)
+    try:
+
+        async def stored() -> list[str]:
+            async with engine.connect() as conn:
+                return list(
+                    await conn.scalars(
+                        select(notifications.c.order_number).where(notifications.c.account_id == account)
+                    )
+                )
+
+        await eventually(stored, lambda numbers: numbers == [innocent.order_number], what="the innocent notification")
+    finally:
+        await consumer.stop()
+
+    async with engine.connect() as conn:
+        parked = (await conn.execute(select(parked_events))).all()
+    assert [(row.event_id, row.order_number) for row in parked] == [(refused.event_id, refused.order_number)]
+    assert parked[0].error and PaymentEvent.model_validate_json(parked[0].value) == refused
+    assert counted("orbilnot_parked_events_total", service="test") == parked_before + 1
+    assert counted("orbilnot_consumer_dead_letters_total", topic=topic) == dead_before

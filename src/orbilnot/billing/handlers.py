@@ -22,6 +22,7 @@ from orbilnot.billing.domain import AccountAction, LedgerKind, OrderEventStatus
 from orbilnot.billing.tables import accounts, ledger, order_events, outbox
 from orbilnot.model import OrderEvent, OrderEventType, PaymentEvent
 from orbilnot.shared.auth import Caller
+from orbilnot.shared.consumer import PARKED
 from orbilnot.shared.db import after_commit, is_transient
 from orbilnot.shared.errors import NotFound
 from orbilnot.shared.observability import FLOW_LATENCY_BUCKETS, ORDER_CREATED_AT_HEADER
@@ -31,9 +32,6 @@ from orbilnot.shared.retry import FailureTracker, in_transaction
 
 log = logging.getLogger(__name__)
 
-PARKED = Counter(
-    "orbilnot_parked_events_total", "Events set aside because processing them failed on their own", ["service"]
-)
 # Counted once the processor's transaction commits (`shared.db.after_commit`): a batch rolled
 # back and decided again is counted once, by the attempt that stuck.
 DECISION_LATENCY = Histogram(

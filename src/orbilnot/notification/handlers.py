@@ -14,7 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from orbilnot.model import PaymentEvent
 from orbilnot.notification.domain import render
-from orbilnot.notification.tables import notifications
+from orbilnot.notification.tables import notifications, parked_events
 from orbilnot.shared.auth import Caller
 from orbilnot.shared.consumer import consumed_record
 from orbilnot.shared.db import after_commit
@@ -87,6 +87,26 @@ def _order_created_at() -> datetime | None:
                 return None  # travels beside the event, unchecked: never fails the event
             return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
     return None
+
+
+async def park_notification(conn: AsyncConnection, event: PaymentEvent, reason: str) -> bool:
+    """The consumer's `park`, for a payment event whose notification could not be stored on its
+    own (text the database cannot hold, say): kept with its error and the event as it came, for an
+    operator; False when it was parked before. There is no other channel to tell the user by;
+    the order's own status still shows the outcome."""
+    parked = await conn.scalar(
+        pg_insert(parked_events)
+        .values(
+            event_id=event.event_id,
+            account_id=event.account_id,
+            order_number=event.order_number,
+            value=event.to_json().decode(),
+            error=reason,
+        )
+        .on_conflict_do_nothing()
+        .returning(parked_events.c.event_id)
+    )
+    return parked is not None
 
 
 async def list_notifications(

@@ -38,3 +38,18 @@ notifications = Table(
     UniqueConstraint("order_number", "notification_type", name="one_notice_per_outcome"),
     Index("notifications_by_account", "account_id", "seq"),
 )
+
+# Payment events whose notification could not be stored for a reason of their own (text the
+# database cannot hold, say), set aside with the error and the event as it arrived, so that they
+# hold back no other (`handlers.park_notification`). `notifications` is the user's list and the
+# inbox of what was stored; this is the inbox of what was not.
+parked_events = Table(
+    "parked_events",
+    metadata,
+    Column("event_id", Uuid, primary_key=True),
+    Column("account_id", Uuid, nullable=False),
+    Column("order_number", Text, nullable=False),
+    Column("value", Text, nullable=False),  # the event's JSON (escaped, so any text fits)
+    Column("error", Text, nullable=False),
+    Column("parked_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+)

@@ -17,7 +17,9 @@ def build_kernel(settings: ServiceSettings) -> ServiceKernel:
     # seed: SendOrderEventMessagesToTopicScheduler — woken by each commit that creates work.
     kernel.relay("order.outbox", outbox, on_attempt=handlers.mark_attempted)
     # seed: PaymentEventListener.
-    kernel.consumer(settings.payment_event_topic, PaymentEvent, handlers.apply_payment_result)
+    kernel.consumer(
+        settings.payment_event_topic, PaymentEvent, handlers.apply_payment_result, park=handlers.park_payment_result
+    )
     return kernel
 
 

@@ -23,7 +23,7 @@ from orbilnot.order import domain
 from orbilnot.order.domain import OrderStatus, Withdrawal
 from orbilnot.order.tables import orders, outbox, processed_events
 from orbilnot.shared.auth import Caller
-from orbilnot.shared.db import after_commit
+from orbilnot.shared.db import after_commit, is_transient, savepoint
 from orbilnot.shared.errors import Conflict, NotFound
 from orbilnot.shared.outbox import outbox_row, record
 from orbilnot.shared.pagination import DEFAULT_LIMIT, Page, lock_account_list
@@ -339,6 +339,47 @@ async def apply_payment_result(conn: AsyncConnection, event: PaymentEvent) -> No
         .values(status=new_status.value, owner_sub=owner, updated_at=func.now())
     )
     _count_transition(conn, current, new_status)
+
+
+async def park_payment_result(conn: AsyncConnection, event: PaymentEvent, reason: str) -> bool:
+    """The consumer's `park`, for a payment event that `apply_payment_result` failed on, on its own
+    (a constraint, a bug): its inbox row says PARKED, with the error, so a redelivery is dropped
+    like any processed event. False when it was already in the inbox.
+
+    Billing's decision stands (the money moved or not, and the notification service told the user
+    so), so the order is then given the status that decision names, that alone in a savepoint of
+    its own: what failed may have been the rest of the work. If even that fails (the order itself
+    refuses any change), the order keeps its status, and the parked row and the log say why."""
+    first_time = await conn.scalar(
+        pg_insert(processed_events)
+        .values(event_id=event.event_id, status="PARKED", error=reason)
+        .on_conflict_do_nothing()
+        .returning(processed_events.c.event_id)
+    )
+    if first_time is None:
+        return False
+    try:
+        async with savepoint(conn):
+            row = (
+                await conn.execute(
+                    select(orders.c.id, orders.c.status)
+                    .where(orders.c.order_number == event.order_number)
+                    .with_for_update()
+                )
+            ).first()
+            current = None if row is None else OrderStatus(row.status)
+            new_status = None if current is None else domain.payment_result(current, event.payment_event_type)
+            if row is not None and current is not None and new_status is not None:
+                await conn.execute(
+                    update(orders).where(orders.c.id == row.id).values(status=new_status.value, updated_at=func.now())
+                )
+                _count_transition(conn, current, new_status)
+    except Exception as error:
+        if is_transient(error):
+            raise
+        log.error("order %s keeps its status: its parked result %s could not be applied (%r)",
+                  event.order_number, event.event_id, error)  # fmt: skip
+    return True
 
 
 async def mark_attempted(conn: AsyncConnection, claimed: Sequence[Row[Any]]) -> None:

@@ -61,12 +61,16 @@ orders = Table(
 )
 
 # The inbox of payment events: the event id is inserted first, so a redelivery is dropped by
-# the primary key before it can touch an order.
+# the primary key before it can touch an order. An event whose result could not be applied for a
+# reason of its own is PARKED instead, with the error (`handlers.park_payment_result`).
 processed_events = Table(
     "processed_events",
     metadata,
     Column("event_id", Uuid, primary_key=True),
     Column("processed_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("status", Text, nullable=False, server_default=text("'PROCESSED'")),
+    Column("error", Text),
+    CheckConstraint("status IN ('PROCESSED','PARKED')", name="processed_event_status_known"),
 )
 
 # Every event the order service owes `order.event` (CREATED, CANCELLED), see shared/outbox.py.

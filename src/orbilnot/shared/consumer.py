@@ -13,9 +13,15 @@ For each batch polled from Kafka:
 When the database is unreachable, or the transaction lost a race with another one (a
 serialization failure, a deadlock), the batch is retried with backoff until it is stored (the
 offsets stay put, so nothing is skipped); such errors are never blamed on an event. When a batch
-fails for any other reason, its events are retried one per transaction, and one that still fails
-on its own goes to the dead-letter topic with its error (counted in
-`orbilnot_consumer_dead_letters_total`): a bad event must not stop the partition behind it.
+fails for any other reason, it is stored again in one transaction with each event's work in a
+savepoint of its own: an event that fails there, on its own, is rolled back alone and PARKED by
+the service (`park`: its inbox keeps it with the error, and its order gets a final outcome where
+the service can give one), counted in `orbilnot_parked_events_total`. A bad event must not stop
+the partition behind it, and a valid event is the saga's: it is kept, not thrown away.
+
+The dead-letter topic is for input rejected, not for the service's own failures: a message that
+is no valid event (step 1), or one the service has no way to park (`park` None, or parking it
+failed too), counted in `orbilnot_consumer_dead_letters_total`.
 """
 
 from __future__ import annotations
@@ -34,7 +40,7 @@ from prometheus_client import Counter, Gauge
 from pydantic import BaseModel, ValidationError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from orbilnot.shared.db import database_is_up, is_transient, transaction
+from orbilnot.shared.db import database_is_up, is_transient, savepoint, transaction
 from orbilnot.shared.kafka import KafkaConnection, ProducerHandle, create_consumer, send_to_dead_letter
 from orbilnot.shared.retry import FailureTracker, backoff
 
@@ -47,9 +53,16 @@ LAG = Gauge(
     "Messages of an assigned partition not yet consumed (high-water mark - position), at the last scrape",
     ["topic", "partition", "group"],
 )
+PARKED = Counter(
+    "orbilnot_parked_events_total", "Events set aside because processing them failed on their own", ["service"]
+)
 
 Event = TypeVar("Event", bound=BaseModel)
+T = TypeVar("T")
 Handler = Callable[[AsyncConnection, Event], Awaitable[None]]
+Parker = Callable[[AsyncConnection, Event, str], Awaitable[bool]]
+"""Sets one event aside with its error, in the caller's transaction; True when it was not parked
+before (a redelivered copy of a parked event is counted once)."""
 
 consumed_record: ContextVar[ConsumerRecord | None] = ContextVar("consumed_record", default=None)
 """The Kafka record of the event a handler is given, for what travels beside the event (headers)."""
@@ -57,6 +70,11 @@ consumed_record: ContextVar[ConsumerRecord | None] = ContextVar("consumed_record
 
 class DatabaseDown(Exception):
     """A statement failed while the database did not answer at all: the outage, not the event."""
+
+
+def _reason(error: BaseException) -> str:
+    # PostgreSQL text cannot hold NUL, and the reason is stored on the inbox row.
+    return f"{type(error).__name__}: {error}"[:2000].replace("\x00", "\\x00")
 
 
 class IdempotentConsumer(Generic[Event]):
@@ -67,6 +85,8 @@ class IdempotentConsumer(Generic[Event]):
         group_id: str,
         model: type[Event],
         handle: Handler[Event],
+        park: Parker[Event] | None = None,
+        service: str = "",
         engine: AsyncEngine,
         producer: ProducerHandle,
         kafka: KafkaConnection | str,
@@ -78,6 +98,8 @@ class IdempotentConsumer(Generic[Event]):
         self.group_id = group_id
         self._model = model
         self._handle = handle
+        self._park = park
+        self._service = service or group_id
         self._engine = engine
         self._producer = producer
         self._kafka = kafka
@@ -201,36 +223,73 @@ class IdempotentConsumer(Generic[Event]):
 
     async def _store(self, events: list[tuple[ConsumerRecord, Event]]) -> None:
         try:
-            await self._store_until_stored(events)
+            await self._in_transaction(lambda conn: self._handle_all(conn, events))
         except Exception as batch_error:
-            if len(events) == 1:
-                record, _ = events[0]
-                await self._dead_letter(record, f"could not be processed: {batch_error!r}")
-                return
-            log.warning("batch of %d from %s failed (%r); retrying one by one", len(events), self.topic, batch_error)
-            for one in events:
-                await self._store([one])
+            log.warning("batch of %d from %s failed (%r); storing each alone", len(events), self.topic, batch_error)
+            parked, rejected = await self._in_transaction(lambda conn: self._handle_each_alone(conn, events))
+            # Counted and dead-lettered only now: the transaction may have run more than once.
+            if parked:
+                PARKED.labels(self._service).inc(parked)
+            for record, reason in rejected:
+                await self._dead_letter(record, reason)
+        CONSUMED.labels(self.topic, self.group_id).inc(len(events))
 
-    async def _store_until_stored(self, events: list[tuple[ConsumerRecord, Event]]) -> None:
-        """One transaction for the batch; run again while the database is away or the
-        transaction lost a race (serialization failure, deadlock)."""
+    async def _handle_all(self, conn: AsyncConnection, events: list[tuple[ConsumerRecord, Event]]) -> None:
+        """The batch in one transaction, no savepoints: a few statements for all of it."""
+        try:
+            for record, event in events:
+                await self._handle_one(conn, record, event)
+        except Exception as error:
+            await self._raise_if_outage(error)
+            raise
 
-        async def store(conn: AsyncConnection) -> None:
+    async def _handle_one(self, conn: AsyncConnection, record: ConsumerRecord, event: Event) -> None:
+        token = consumed_record.set(record)  # the handler may read the message's headers
+        try:
+            await self._handle(conn, event)
+        finally:
+            consumed_record.reset(token)
+
+    async def _handle_each_alone(
+        self, conn: AsyncConnection, events: list[tuple[ConsumerRecord, Event]]
+    ) -> tuple[int, list[tuple[ConsumerRecord, str]]]:
+        """The batch again, each event's work in a savepoint: one that fails on its own is rolled
+        back alone and parked (or, with nowhere to park it, rejected to the DLT after the commit)."""
+        parked = 0
+        rejected: list[tuple[ConsumerRecord, str]] = []
+        for record, event in events:
             try:
-                for record, event in events:
-                    token = consumed_record.set(record)
-                    try:
-                        await self._handle(conn, event)
-                    finally:
-                        consumed_record.reset(token)
+                async with savepoint(conn):
+                    await self._handle_one(conn, record, event)
+                continue
             except Exception as error:
-                # An error not known as transient, while the database does not even answer
-                # `SELECT 1`, is still the outage and not the events' fault: dead-lettering them
-                # would lose them for the saga, so it is retried like the outage it is.
-                if not is_transient(error) and not await database_is_up(self._engine):
-                    raise DatabaseDown(repr(error)) from error
-                raise
+                await self._raise_if_outage(error)
+                reason = _reason(error)
+            log.error("%s[%d]@%d failed on its own: %s", record.topic, record.partition, record.offset, reason)
+            if self._park is not None:
+                try:
+                    async with savepoint(conn):
+                        parked += await self._park(conn, event, reason)
+                    continue
+                except Exception as error:
+                    await self._raise_if_outage(error)
+                    reason += f"; parking it failed too: {_reason(error)}"
+            rejected.append((record, f"could not be processed: {reason}"))
+        return parked, rejected
 
+    async def _raise_if_outage(self, error: Exception) -> None:
+        """Raise when `error` is the database's, not the event's: a transient error as it is, any
+        other error while the database does not even answer `SELECT 1` as `DatabaseDown`; both
+        make the whole transaction run again. Parking or dead-lettering events because of an
+        outage would take them from the saga for nothing."""
+        if is_transient(error):
+            raise error
+        if not await database_is_up(self._engine):
+            raise DatabaseDown(repr(error)) from error
+
+    async def _in_transaction(self, work: Callable[[AsyncConnection], Awaitable[T]]) -> T:
+        """Run `work` in one transaction, again while the database is away or the transaction
+        lost a race (serialization failure, deadlock): the offsets stay put meanwhile."""
         async for attempt in backoff(
             f"storing from {self.topic}",
             retry_on=lambda error: is_transient(error) or isinstance(error, DatabaseDown),
@@ -238,8 +297,8 @@ class IdempotentConsumer(Generic[Event]):
         ):
             with attempt:
                 async with transaction(self._engine) as conn:
-                    await store(conn)
-        CONSUMED.labels(self.topic, self.group_id).inc(len(events))
+                    return await work(conn)
+        raise AssertionError("unreachable: tenacity either returns or raises")
 
     async def _dead_letter(self, record: ConsumerRecord, error: str) -> None:
         log.error("dead-lettering %s[%d]@%d: %s", record.topic, record.partition, record.offset, error[:500])

@@ -69,12 +69,28 @@ def after_commit(conn: AsyncConnection, callback: Callable[[], None]) -> None:
     `transaction()`. Under any other owner (a test's own `engine.begin()`) it is dropped: a metric
     then misses a change rather than counting one that may be rolled back.
 
-    Register only at the transaction's own level, never inside a savepoint that may still roll
-    back: collect what a savepoint did and register it once the savepoint is released.
+    Register only at the transaction's own level, or inside `savepoint()` (which drops what was
+    registered in it if it rolls back), never inside a plain savepoint that may still roll back:
+    collect what such a savepoint did and register it once the savepoint is released.
     """
     callbacks: list[Callable[[], None]] | None = conn.info.get(_AFTER_COMMIT)
     if callbacks is not None:
         callbacks.append(callback)
+
+
+@asynccontextmanager
+async def savepoint(conn: AsyncConnection) -> AsyncIterator[None]:
+    """`conn.begin_nested()`, which also forgets what `after_commit` was given inside it when it
+    rolls back: the work it undid must not be counted at the commit."""
+    callbacks: list[Callable[[], None]] | None = conn.info.get(_AFTER_COMMIT)
+    registered = len(callbacks) if callbacks is not None else 0
+    try:
+        async with conn.begin_nested():
+            yield
+    except BaseException:
+        if callbacks is not None:
+            del callbacks[registered:]
+        raise
 
 
 async def database_is_up(engine: AsyncEngine, timeout_s: float = 2.0) -> bool:

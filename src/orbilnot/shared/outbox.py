@@ -5,14 +5,19 @@ transaction as the state change that causes it, so it is a snapshot decided at t
 habit 9) and never rebuilt later from a row that may have changed since. The relay
 (`shared/relay.py`) publishes the rows in id order.
 
-A row moves through three states:
+A row moves through these states:
 - `attempts = 0`: not yet handed to Kafka. The event is surely not out; only then may the
   service still withdraw it (an order that is deleted or amended while `NEW`).
 - `attempts > 0`, `published_at` NULL: the relay committed its attempt *before* sending, so from
   here on the event may be out, whatever happens to the relay afterwards. `claimed_until` is the
   lease that keeps other replicas off it while one relay sends it; past that, it is sent again
   (same event id: consumers drop the copy).
-- `published_at` set: the broker acknowledged it.
+- `published_at` set: the broker acknowledged it. The relay deletes such rows once they are
+  older than the retention (`OUTBOX_RETENTION_HOURS`): Kafka has them, consumers' inboxes
+  recognise a copy, and nothing reads them again.
+- `refused_at` set (with `error`): the broker refused this message on its own (too large for
+  the topic, say), which no retry cures. The relay sets it aside so that the rows behind it keep
+  flowing; it stays for an operator, who may publish it again by clearing `refused_at`.
 """
 
 from __future__ import annotations
@@ -56,6 +61,8 @@ def outbox_table(metadata: MetaData) -> Table:
         Column("attempts", Integer, nullable=False, server_default=text("0")),
         Column("claimed_until", DateTime(timezone=True)),
         Column("published_at", DateTime(timezone=True)),
+        Column("refused_at", DateTime(timezone=True)),
+        Column("error", Text),
         # The relay's claim scans only what is still to publish.
         Index("outbox_unpublished", "id", postgresql_where=text("published_at IS NULL")),
     )

@@ -30,7 +30,7 @@ from starlette.exceptions import HTTPException
 
 from orbilnot.shared.auth import Authenticator, current_caller
 from orbilnot.shared.config import ServiceSettings
-from orbilnot.shared.consumer import IdempotentConsumer
+from orbilnot.shared.consumer import IdempotentConsumer, Parker
 from orbilnot.shared.db import create_engine, database_is_up, is_connection_problem
 from orbilnot.shared.errors import Conflict, NotFound
 from orbilnot.shared.kafka import ProducerHandle, ensure_topics
@@ -118,6 +118,7 @@ class ServiceKernel:
         model: type[Event],
         handle: Callable[[AsyncConnection, Event], Awaitable[None]],
         *,
+        park: Parker[Event] | None = None,
         after_commit: Callable[[], None] | None = None,
     ) -> IdempotentConsumer[Event]:
         consumer = IdempotentConsumer(
@@ -125,6 +126,8 @@ class ServiceKernel:
             group_id=f"orbilnot-{self.service}",
             model=model,
             handle=handle,
+            park=park,
+            service=self.service,
             engine=self.engine,
             producer=self.producer,
             kafka=self.kafka,
