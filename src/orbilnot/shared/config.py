@@ -140,6 +140,9 @@ class ServiceSettings(DatabaseSettings, AuthSettings):
     # poll only picks up what other replicas or a crashed process left behind.
     safety_net_poll_s: float = Field(default=1.0, gt=0)
     relay_batch_size: int = Field(default=200, ge=1)
+    # Published outbox rows are deleted once older than this (0: kept for ever). Kafka holds the
+    # events and the consumers' inboxes recognise copies, so they are only a record for operators.
+    outbox_retention_hours: float = Field(default=24.0, ge=0)
     consumer_batch_size: int = Field(default=500, ge=1)
     # A relay, processor or consumer failing for longer than this makes /health/ready say 503.
     stuck_after_s: float = Field(default=30.0, gt=0)

@@ -108,6 +108,22 @@ class ProducerHandle:
             raise
         self._producer = producer
 
+    async def renew(self) -> None:
+        """Swap in a fresh producer (a new producer id, sequence numbers from zero), then stop the
+        old one, which still delivers what was handed to it. Needed after the broker refused a
+        batch outright (a message too large for the topic): the idempotent producer had counted
+        that batch's sequence numbers, the broker had not, and aiokafka answers every later send
+        to that partition with OutOfOrderSequenceNumber instead of recovering."""
+        fresh = create_producer(self._kafka, client_id=self._client_id)
+        try:
+            await fresh.start()
+        except BaseException:
+            await fresh.stop()
+            raise
+        stale, self._producer = self._producer, fresh
+        if stale is not None:
+            await stale.stop()
+
     async def close(self) -> None:
         if self._producer is not None:
             await self._producer.stop()

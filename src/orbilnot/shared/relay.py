@@ -15,6 +15,17 @@ This is the outbox half of the saga, written once, for the one outbox table of e
 A crash, a send timeout or a failed commit anywhere leaves the rows unpublished: once the lease
 runs out they are sent again with the same event ids, and consumers drop the copies. Nothing is
 marked published that the broker did not acknowledge, so nothing is lost.
+
+A message the broker refuses on its own (larger than the topic or a request takes, a record it
+calls corrupt) would be refused again at every try and hold back every row behind it. Such a
+refusal is told apart from the broker being away or slow by its error type (`REFUSED`), and a
+message is blamed only when it is refused alone: the broker answers for a whole batch of a
+partition, so the refused messages are sent again one at a time. One still refused is set aside
+(`refused_at` and `error` on its row, `orbilnot_relay_refused_total`) in the transaction that
+marks the others published. Any other error, for any row, leaves all of them to be sent again.
+
+Published rows are deleted once older than the retention, in bounded batches, at most once a
+minute and only when the relay has nothing waiting (`sweep`).
 """
 
 from __future__ import annotations
@@ -26,8 +37,14 @@ from collections.abc import Awaitable, Callable, Sequence
 from datetime import timedelta
 from typing import Any
 
+from aiokafka.errors import (
+    CorruptRecordException,
+    MessageSizeTooLargeError,
+    RecordListTooLargeError,
+    RecordTooLargeError,
+)
 from prometheus_client import Counter
-from sqlalchemy import Row, Table, func, select, update
+from sqlalchemy import Row, Table, delete, func, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from orbilnot.shared.kafka import ProducerHandle
@@ -37,6 +54,14 @@ from orbilnot.shared.worker import Worker
 log = logging.getLogger(__name__)
 
 PUBLISHED = Counter("orbilnot_relay_published_total", "Messages the relay published", ["source"])
+REFUSED_TOTAL = Counter(
+    "orbilnot_relay_refused_total", "Messages the broker refused on their own, set aside unpublished", ["source"]
+)
+SWEPT = Counter("orbilnot_relay_swept_total", "Published outbox rows deleted after their retention", ["source"])
+
+REFUSED = (MessageSizeTooLargeError, RecordListTooLargeError, RecordTooLargeError, CorruptRecordException)
+"""Errors that say "not this message", whoever sends it and however often: no retry cures them.
+(Not every non-retriable error: a topic the client may not write to refuses every message.)"""
 
 OnAttempt = Callable[[AsyncConnection, Sequence[Row[Any]]], Awaitable[None]]
 """Called in the claim's transaction with the claimed outbox rows, before anything is sent."""
@@ -46,6 +71,7 @@ class OutboxRelay:
     SEND_TIMEOUT_S = 10.0
     # Longer than a send may take: a relay still sending keeps its rows; a dead one lets go.
     LEASE = timedelta(seconds=SEND_TIMEOUT_S + 5)
+    SWEEP_EVERY_S = 60.0
 
     def __init__(
         self,
@@ -57,6 +83,8 @@ class OutboxRelay:
         batch_size: int,
         poll_interval_s: float,
         on_attempt: OnAttempt | None = None,
+        retention: timedelta | None = None,
+        sweep_batch_size: int = 1000,
     ) -> None:
         self.name = name
         self._outbox = outbox
@@ -64,6 +92,9 @@ class OutboxRelay:
         self._producer = producer
         self._batch_size = batch_size
         self._on_attempt = on_attempt
+        self._retention = retention
+        self._sweep_batch_size = sweep_batch_size
+        self._next_sweep = 0.0
         self.worker = Worker(f"relay:{name}", self.publish_batch, poll_interval_s=poll_interval_s)
 
     def wake(self) -> None:
@@ -75,21 +106,68 @@ class OutboxRelay:
         tracker = self.worker.tracker
         rows = await in_transaction(self._engine, self._claim, what=f"relay {self.name}: claim", tracker=tracker)
         if not rows:
+            await self._sweep_when_due()
             return False
         try:
-            await self._send(rows)
+            refused = await self._send_and_isolate_refusals(rows)
         except BaseException:
             # Nothing is marked published. Let the rows go at once (not after the lease), so the
             # worker's own backoff decides when to try again.
             with contextlib.suppress(Exception):
                 await self._release(rows)
             raise
-        ids = [row.id for row in rows]
+        published = [row.id for row in rows if row.id not in refused]
         await in_transaction(
-            self._engine, lambda conn: self._mark_published(conn, ids), what=f"relay {self.name}: mark", tracker=tracker
+            self._engine,
+            lambda conn: self._mark_published(conn, published, refused),
+            what=f"relay {self.name}: mark",
+            tracker=tracker,
         )
-        PUBLISHED.labels(self.name).inc(len(rows))
+        PUBLISHED.labels(self.name).inc(len(published))
+        if refused:
+            REFUSED_TOTAL.labels(self.name).inc(len(refused))
         return len(rows) == self._batch_size
+
+    async def sweep(self, max_batches: int = 10) -> int:
+        """Delete published rows older than the retention, a bounded batch per transaction, oldest
+        first, up to `max_batches`; returns how many. The oldest rows lead the primary key, so each
+        batch reads little more than what it deletes, and no index is kept only for this."""
+        if self._retention is None:
+            return 0
+        outbox, swept = self._outbox, 0
+        expired = (
+            select(outbox.c.id)
+            .where(outbox.c.published_at < func.now() - self._retention)
+            .order_by(outbox.c.id)
+            .limit(self._sweep_batch_size)
+        )
+
+        async def delete_batch(conn: AsyncConnection) -> int:
+            result = await conn.execute(delete(outbox).where(outbox.c.id.in_(expired.scalar_subquery())))
+            return result.rowcount
+
+        for _ in range(max_batches):
+            deleted = await in_transaction(self._engine, delete_batch, what=f"relay {self.name}: sweep")
+            swept += deleted
+            if deleted < self._sweep_batch_size:
+                break
+        if swept:
+            SWEPT.labels(self.name).inc(swept)
+            log.info("relay %s: %d published rows older than %s deleted", self.name, swept, self._retention)
+        return swept
+
+    async def _sweep_when_due(self) -> None:
+        # Off the hot path: only when nothing waits to be published, and at most once a minute
+        # unless the last sweep stopped at its bound (then at the next idle step, to catch up).
+        now = asyncio.get_running_loop().time()
+        if self._retention is None or now < self._next_sweep:
+            return
+        self._next_sweep = now + self.SWEEP_EVERY_S
+        try:
+            if await self.sweep() == 10 * self._sweep_batch_size:
+                self._next_sweep = now
+        except Exception:
+            log.warning("relay %s: sweeping published rows failed; next time", self.name, exc_info=True)
 
     async def _claim(self, conn: AsyncConnection) -> Sequence[Row[Any]]:
         outbox = self._outbox
@@ -97,6 +175,7 @@ class OutboxRelay:
             select(outbox.c.id)
             .where(
                 outbox.c.published_at.is_(None),
+                outbox.c.refused_at.is_(None),
                 (outbox.c.claimed_until.is_(None)) | (outbox.c.claimed_until < func.now()),
             )
             .order_by(outbox.c.id)
@@ -118,26 +197,70 @@ class OutboxRelay:
             await self._on_attempt(conn, rows)
         return rows
 
-    async def _send(self, rows: Sequence[Row[Any]]) -> None:
+    async def _send_and_isolate_refusals(self, rows: Sequence[Row[Any]]) -> dict[int, str]:
+        """Send the batch; return the rows the broker refused alone, by id, with the reason."""
+        outcomes = await self._send(rows)
+        failed = [(row, error) for row, error in zip(rows, outcomes, strict=True) if error is not None]
+        for _, error in failed:
+            if not isinstance(error, REFUSED):
+                raise error
+        refused: dict[int, str] = {}
+        for row, _ in failed:
+            # Alone, so that its refusal is its own and not its batch's.
+            (alone,) = await self._send([row])
+            if alone is None:
+                continue
+            if not isinstance(alone, REFUSED):
+                raise alone
+            reason = f"{type(alone).__name__}: {alone}"[:2000]
+            log.error(
+                "relay %s: event %s (%s) refused by the broker, set aside: %s",
+                self.name,
+                row.event_id,
+                row.topic,
+                reason,
+            )
+            refused[row.id] = reason
+        return refused
+
+    async def _send(self, rows: Sequence[Row[Any]]) -> list[BaseException | None]:
+        """Each row's outcome: None when the broker acknowledged it, else the refusal."""
         # send() only enqueues; the returned futures resolve when the broker acknowledges. A broker
         # that does not answer must not hold the batch for ever: give up and let the worker retry.
         async with asyncio.timeout(self.SEND_TIMEOUT_S):
             producer = self._producer.producer
-            acks = [
-                await producer.send(
-                    row.topic,
-                    value=row.value.encode(),
-                    key=row.key.encode(),
-                    headers=[(name, str(value).encode()) for name, value in row.headers.items()] or None,
-                )
-                for row in rows
-            ]
-            await asyncio.gather(*acks)
+            acks: list[Awaitable[Any]] = []
+            refused_by_client: set[int] = set()
+            for i, row in enumerate(rows):
+                try:
+                    acks.append(
+                        await producer.send(
+                            row.topic,
+                            value=row.value.encode(),
+                            key=row.key.encode(),
+                            headers=[(name, str(value).encode()) for name, value in row.headers.items()] or None,
+                        )
+                    )
+                except REFUSED as error:  # the client's own check (larger than a request may be)
+                    refused_by_client.add(i)
+                    acks.append(_failed(error))
+            outcomes = await asyncio.gather(*acks, return_exceptions=True)
+        if any(isinstance(outcome, REFUSED) for i, outcome in enumerate(outcomes) if i not in refused_by_client):
+            await self._producer.renew()  # out of step with the broker otherwise (see renew())
+        return [outcome if isinstance(outcome, BaseException) else None for outcome in outcomes]
 
-    async def _mark_published(self, conn: AsyncConnection, ids: list[int]) -> None:
-        await conn.execute(
-            update(self._outbox).where(self._outbox.c.id.in_(ids)).values(published_at=func.now(), claimed_until=None)
-        )
+    async def _mark_published(self, conn: AsyncConnection, published: list[int], refused: dict[int, str]) -> None:
+        outbox = self._outbox
+        if published:
+            await conn.execute(
+                update(outbox).where(outbox.c.id.in_(published)).values(published_at=func.now(), claimed_until=None)
+            )
+        for row_id, reason in refused.items():
+            await conn.execute(
+                update(outbox)
+                .where(outbox.c.id == row_id)
+                .values(refused_at=func.now(), error=reason, claimed_until=None)
+            )
 
     async def _release(self, rows: Sequence[Row[Any]]) -> None:
         async with self._engine.begin() as conn:
@@ -146,3 +269,7 @@ class OutboxRelay:
                 .where(self._outbox.c.id.in_([row.id for row in rows]), self._outbox.c.published_at.is_(None))
                 .values(claimed_until=None)
             )
+
+
+async def _failed(error: BaseException) -> None:
+    raise error

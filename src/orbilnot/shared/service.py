@@ -13,7 +13,7 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, TypeVar
 
 from fastapi import APIRouter, Depends, FastAPI, Request
@@ -88,10 +88,12 @@ class ServiceKernel:
             batch_size=self.settings.relay_batch_size,
             poll_interval_s=self.settings.safety_net_poll_s,
             on_attempt=on_attempt,
+            retention=timedelta(hours=hours) if (hours := self.settings.outbox_retention_hours) else None,
         )
         self._workers.append(relay.worker)
         self._relays.append(relay)
-        self.backlog(name, outbox.c.created_at, outbox.c.published_at.is_(None))
+        # A row the broker refused is no backlog: it waits for an operator, counted apart.
+        self.backlog(name, outbox.c.created_at, outbox.c.published_at.is_(None) & outbox.c.refused_at.is_(None))
         return relay
 
     @property
