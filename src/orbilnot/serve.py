@@ -103,6 +103,14 @@ class DrainingHttpProtocol(HttpToolsProtocol):
     request that may have been processed). Instead an idle connection lives until its keep-alive
     timer runs out as it would have anyway, which the client's pool expiry is set to beat, and a
     request that arrives meanwhile is served, with `Connection: close`.
+
+    Why uvicorn internals (`shutdown`, `cycle`, `timeout_keep_alive_task`): uvicorn 0.54 has no
+    supported way. Its graceful shutdown calls `shutdown()` on every connection, which closes an
+    idle one at once; `timeout_graceful_shutdown` only bounds the wait for requests in flight.
+    A middleware that answers 503 with `Connection: close` once draining starts, or a lifespan
+    hook, runs only for a request that reached the app, never for one sent on a socket already
+    reset. Scenario 8 (`tests/reliability/test_graceful_shutdown.py`) fails if these internals
+    change under an upgrade.
     """
 
     _draining = False
