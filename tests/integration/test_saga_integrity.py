@@ -5,6 +5,7 @@ what its ledger says was paid, whatever the event claims."""
 
 from __future__ import annotations
 
+import functools
 import time
 import uuid
 from datetime import UTC, datetime
@@ -14,8 +15,9 @@ from prometheus_client import REGISTRY
 from sqlalchemy import insert, select, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from orbilnot.billing.handlers import open_account, process_received_events, receive_order_event
+from orbilnot.billing.handlers import open_account, park_order_event, process_received_events, receive_order_event
 from orbilnot.billing.tables import accounts, ledger, order_events
+from orbilnot.billing.tables import outbox as billing_outbox
 from orbilnot.model import OrderEvent, OrderEventType, PaymentEvent, PaymentEventType
 from orbilnot.notification.handlers import park_notification, store_notification
 from orbilnot.notification.tables import notifications, parked_events
@@ -181,11 +183,11 @@ def counted(metric: str, **labels: str) -> float:
     return REGISTRY.get_sample_value(metric, labels) or 0.0
 
 
-async def consume(engine: AsyncEngine, producer: ProducerHandle, topic: str, infra, handle, park):  # type: ignore[no-untyped-def]
+async def consume(engine: AsyncEngine, producer: ProducerHandle, topic: str, infra, handle, park, model=PaymentEvent):  # type: ignore[no-untyped-def]
     consumer = IdempotentConsumer(
         topic=topic,
         group_id=f"test-{uuid.uuid4().hex[:8]}",
-        model=PaymentEvent,
+        model=model,
         handle=handle,
         park=park,
         service="test",
@@ -308,4 +310,113 @@ async def test_a_notification_the_database_refuses_is_parked_and_holds_back_no_o
     assert [(row.event_id, row.order_number) for row in parked] == [(refused.event_id, refused.order_number)]
     assert parked[0].error and PaymentEvent.model_validate_json(parked[0].value) == refused
     assert counted("orbilnot_parked_events_total", service="test") == parked_before + 1
+    assert counted("orbilnot_consumer_dead_letters_total", topic=topic) == dead_before
+
+
+async def test_an_order_event_billing_cannot_store_is_parked_and_answered(
+    engine: AsyncEngine, producer: ProducerHandle, topic: str, infra
+) -> None:
+    """Billing's consumer: an order event whose RECEIVED row the database refuses (a trigger, in
+    for any fault of its own) is stored PARKED with the reason and answered PAYMENT_DENIED, so its
+    order ends and the user is told; the event after it is received."""
+    account = uuid.uuid4()
+    bad, good = order_event(account, Decimal(5)), order_event(account, Decimal(6))
+    async with engine.begin() as conn:
+        await conn.execute(
+            text(f"""
+            CREATE FUNCTION billing.inject_failure() RETURNS trigger AS $$
+            BEGIN
+              IF NEW.order_number = '{bad.order_number}' AND NEW.status = 'RECEIVED' THEN
+                RAISE EXCEPTION 'injected failure for %', NEW.order_number;
+              END IF;
+              RETURN NEW;
+            END $$ LANGUAGE plpgsql""")
+        )
+        await conn.execute(
+            text(
+                "CREATE TRIGGER inject_failure BEFORE INSERT ON billing.order_events "
+                "FOR EACH ROW EXECUTE FUNCTION billing.inject_failure()"
+            )
+        )
+    parked_before = counted("orbilnot_parked_events_total", service="test")
+    for event in (bad, good):
+        await producer.producer.send(topic, event.to_json(), key=str(account).encode())
+    await producer.producer.flush()
+
+    park = functools.partial(park_order_event, topic="payment.event")
+    consumer = await consume(engine, producer, topic, infra, receive_order_event, park, model=OrderEvent)
+    try:
+
+        async def inbox() -> dict[uuid.UUID, tuple[str, str | None]]:
+            async with engine.connect() as conn:
+                rows = await conn.execute(
+                    select(order_events.c.event_id, order_events.c.status, order_events.c.description)
+                )
+                return {row.event_id: (row.status, row.description) for row in rows}
+
+        rows = await eventually(inbox, lambda rows: good.event_id in rows, what="the good event received")
+    finally:
+        await consumer.stop()
+
+    assert rows[good.event_id] == ("RECEIVED", None)
+    status, reason = rows[bad.event_id]
+    assert status == "PARKED" and reason is not None and "injected failure" in reason
+    async with engine.connect() as conn:
+        answers = list(await conn.scalars(select(billing_outbox.c.value)))
+    assert len(answers) == 1
+    answer = PaymentEvent.model_validate_json(answers[0])
+    assert (answer.order_number, answer.payment_event_type) == (bad.order_number, PaymentEventType.PAYMENT_DENIED)
+    assert counted("orbilnot_parked_events_total", service="test") == parked_before + 1
+
+
+async def test_a_serialization_failure_in_a_consumer_is_retried_not_parked(
+    engine: AsyncEngine, producer: ProducerHandle, topic: str, infra
+) -> None:
+    """The order consumer meets 40001 twice on one event's inbox row: the transaction is run again
+    (backoff), and the event is applied; nothing is parked or dead-lettered."""
+    account = uuid.uuid4()
+    number = f"{account}:{uuid.uuid4()}"
+    async with engine.begin() as conn:
+        await conn.execute(
+            insert(orders).values(
+                id=uuid.uuid4(), account_id=account, order_number=number, amount=Decimal(10), status="SENT"
+            )
+        )
+        await conn.execute(text("CREATE SEQUENCE order_service.injected_failures"))
+        await conn.execute(
+            text("""
+            CREATE FUNCTION order_service.inject_failure() RETURNS trigger AS $$
+            BEGIN
+              IF nextval('order_service.injected_failures') <= 2 THEN
+                RAISE EXCEPTION 'injected serialization failure' USING ERRCODE = '40001';
+              END IF;
+              RETURN NEW;
+            END $$ LANGUAGE plpgsql""")
+        )
+        await conn.execute(
+            text(
+                "CREATE TRIGGER inject_failure BEFORE INSERT ON order_service.processed_events "
+                "FOR EACH ROW EXECUTE FUNCTION order_service.inject_failure()"
+            )
+        )
+    parked_before = counted("orbilnot_parked_events_total", service="test")
+    dead_before = counted("orbilnot_consumer_dead_letters_total", topic=topic)
+    event = payment_event(account, number, PaymentEventType.PAYMENT_CONFIRMED)
+    await producer.producer.send_and_wait(topic, event.to_json(), key=str(account).encode())
+
+    consumer = await consume(engine, producer, topic, infra, apply_payment_result, park_payment_result)
+    try:
+
+        async def status() -> str | None:
+            async with engine.connect() as conn:
+                return await conn.scalar(select(orders.c.status).where(orders.c.order_number == number))
+
+        await eventually(status, lambda s: s == "CONFIRMED", what="the order confirmed")
+    finally:
+        await consumer.stop()
+
+    async with engine.connect() as conn:
+        assert await conn.scalar(select(processed_events.c.status)) == "PROCESSED"
+        assert await conn.scalar(text("SELECT last_value FROM order_service.injected_failures")) >= 3
+    assert counted("orbilnot_parked_events_total", service="test") == parked_before
     assert counted("orbilnot_consumer_dead_letters_total", topic=topic) == dead_before

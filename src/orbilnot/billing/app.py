@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 from fastapi import FastAPI
 
 from orbilnot.billing import handlers
@@ -32,6 +34,7 @@ def build_kernel(settings: ServiceSettings) -> ServiceKernel:
         settings.order_event_topic,
         OrderEvent,
         handlers.receive_order_event,
+        park=functools.partial(handlers.park_order_event, topic=settings.payment_event_topic),
         after_commit=processor.wake,
     )
     kernel.backlog("billing.inbox", order_events.c.received_at, order_events.c.status == "RECEIVED")

@@ -165,6 +165,39 @@ async def receive_order_event(conn: AsyncConnection, event: OrderEvent) -> None:
     )
 
 
+async def park_order_event(conn: AsyncConnection, event: OrderEvent, reason: str, *, topic: str) -> bool:
+    """The consumer's `park`, for an order event that could not even be stored as RECEIVED, on its
+    own: it is stored PARKED instead, with the error, and answered at once as the processor answers
+    a row it parks (PAYMENT_DENIED, nothing moved), so its order still ends and the user is told.
+    False when the event was in the inbox already."""
+    result_id = uuid.uuid4()
+    parked = await conn.scalar(
+        pg_insert(order_events)
+        .values(
+            event_id=event.event_id,
+            event_type=event.event_type.value,
+            account_id=event.account_id,
+            order_number=event.order_number,
+            amount=event.amount,
+            occurred_at=event.occurred_at,
+            placed_by=event.placed_by,
+            placed_by_admin=event.placed_by_admin,
+            status=OrderEventStatus.PARKED.value,
+            description=reason,
+            result_event_id=result_id,
+            processed_at=func.now(),
+        )
+        .on_conflict_do_nothing(index_elements=[order_events.c.event_id])
+        .returning(order_events.c.event_id)
+    )
+    if parked is None:
+        return False
+    description = domain.parked_description(event.event_type)
+    answer = _result(topic, event, result_id, OrderEventStatus.PARKED, event.amount, description, event.placed_by)
+    await record(conn, outbox, [answer])
+    return True
+
+
 async def process_received_events(conn: AsyncConnection, limit: int, *, topic: str) -> int:
     """Decide up to `limit` RECEIVED events: debit, deny or refund. Returns how many.
 
@@ -392,7 +425,7 @@ async def _set_decided(conn: AsyncConnection, results: list[dict[str, Any]]) -> 
 
 def _result(
     topic: str,
-    row: Row[Any],
+    row: Row[Any] | OrderEvent,
     result_id: UUID,
     status: OrderEventStatus,
     amount: Decimal,
