@@ -25,7 +25,7 @@ partition, so the refused messages are sent again one at a time. One still refus
 marks the others published. Any other error, for any row, leaves all of them to be sent again.
 
 Published rows are deleted once older than the retention, in bounded batches, at most once a
-minute and only when the relay has nothing waiting (`sweep`).
+minute and only when the relay has caught up (`sweep`).
 """
 
 from __future__ import annotations
@@ -126,7 +126,10 @@ class OutboxRelay:
         PUBLISHED.labels(self.name).inc(len(published))
         if refused:
             REFUSED_TOTAL.labels(self.name).inc(len(refused))
-        return len(rows) == self._batch_size
+        if len(rows) < self._batch_size:
+            await self._sweep_when_due()  # caught up (a busy relay may never find the outbox empty)
+            return False
+        return True
 
     async def sweep(self, max_batches: int = 10) -> int:
         """Delete published rows older than the retention, a bounded batch per transaction, oldest
@@ -157,7 +160,7 @@ class OutboxRelay:
         return swept
 
     async def _sweep_when_due(self) -> None:
-        # Off the hot path: only when nothing waits to be published, and at most once a minute
+        # Off the hot path: only when the relay has caught up, and at most once a minute
         # unless the last sweep stopped at its bound (then at the next idle step, to catch up).
         now = asyncio.get_running_loop().time()
         if self._retention is None or now < self._next_sweep:
