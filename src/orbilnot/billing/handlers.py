@@ -193,8 +193,15 @@ async def park_order_event(conn: AsyncConnection, event: OrderEvent, reason: str
     if parked is None:
         return False
     description = domain.parked_description(event.event_type)
-    answer = _result(topic, event, result_id, OrderEventStatus.PARKED, event.amount, description, event.placed_by)
+    parked_at = datetime.now(UTC)
+    answer = _result(
+        topic, event, result_id, OrderEventStatus.PARKED, event.amount, description, event.placed_by, parked_at
+    )
     await record(conn, outbox, [answer])
+    # Inside the consumer's `savepoint()`, which drops this if it rolls back.
+    _count_once_committed(
+        conn, [Decided(event.event_type, OrderEventStatus.PARKED, _seconds_between(event.occurred_at, parked_at))]
+    )
     return True
 
 
