@@ -16,7 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from orbilnot.billing.handlers import open_account, process_batch, receive_order_event
 from orbilnot.model import OrderEvent, OrderEventType
-from orbilnot.shared.db import after_commit, transaction
+from orbilnot.shared.db import after_commit, savepoint, transaction
 from orbilnot.shared.retry import in_transaction
 
 
@@ -33,6 +33,20 @@ async def test_callbacks_run_after_the_commit_and_not_after_a_rollback(engine: A
             after_commit(conn, lambda: ran.append("rolled back"))
             raise RuntimeError("the handler failed")
     assert ran == ["committed"]
+
+
+async def test_a_savepoint_rolled_back_forgets_what_was_registered_inside_it(engine: AsyncEngine) -> None:
+    """What the consumers' per-event savepoints rely on: a parked event's undone work is not counted."""
+    ran: list[str] = []
+    async with transaction(engine) as conn:
+        after_commit(conn, lambda: ran.append("before"))
+        with pytest.raises(RuntimeError):
+            async with savepoint(conn):
+                after_commit(conn, lambda: ran.append("undone"))
+                raise RuntimeError("this event failed on its own")
+        async with savepoint(conn):
+            after_commit(conn, lambda: ran.append("kept"))
+    assert ran == ["before", "kept"]
 
 
 async def test_a_failed_commit_runs_nothing(engine: AsyncEngine) -> None:
