@@ -72,6 +72,7 @@ class OutboxRelay:
     # Longer than a send may take: a relay still sending keeps its rows; a dead one lets go.
     LEASE = timedelta(seconds=SEND_TIMEOUT_S + 5)
     SWEEP_EVERY_S = 60.0
+    SWEEP_BATCHES = 10  # per sweep: a relay that sweeps is not publishing
 
     def __init__(
         self,
@@ -131,25 +132,32 @@ class OutboxRelay:
             return False
         return True
 
-    async def sweep(self, max_batches: int = 10) -> int:
-        """Delete published rows older than the retention, a bounded batch per transaction, oldest
-        first, up to `max_batches`; returns how many. The oldest rows lead the primary key, so each
-        batch reads little more than what it deletes, and no index is kept only for this."""
+    async def sweep(self) -> int:
+        """Delete published rows older than the retention, oldest first, a bounded batch per
+        transaction, up to `SWEEP_BATCHES`; returns how many.
+
+        Each batch looks only at the oldest `sweep_batch_size` published rows (a walk of the
+        primary key, which skips just the few rows still unpublished) and deletes those expired:
+        ids follow publication closely enough, so no index is kept only for this, and a sweep that
+        finds nothing expired reads one batch of rows, not the table."""
         if self._retention is None:
             return 0
         outbox, swept = self._outbox, 0
-        expired = (
+        oldest_published = (
             select(outbox.c.id)
-            .where(outbox.c.published_at < func.now() - self._retention)
+            .where(outbox.c.published_at.is_not(None))
             .order_by(outbox.c.id)
             .limit(self._sweep_batch_size)
         )
+        expired = outbox.c.id.in_(oldest_published.scalar_subquery()) & (
+            outbox.c.published_at < func.now() - self._retention
+        )
 
         async def delete_batch(conn: AsyncConnection) -> int:
-            result = await conn.execute(delete(outbox).where(outbox.c.id.in_(expired.scalar_subquery())))
+            result = await conn.execute(delete(outbox).where(expired))
             return result.rowcount
 
-        for _ in range(max_batches):
+        for _ in range(self.SWEEP_BATCHES):
             deleted = await in_transaction(self._engine, delete_batch, what=f"relay {self.name}: sweep")
             swept += deleted
             if deleted < self._sweep_batch_size:
@@ -167,7 +175,7 @@ class OutboxRelay:
             return
         self._next_sweep = now + self.SWEEP_EVERY_S
         try:
-            if await self.sweep() == 10 * self._sweep_batch_size:
+            if await self.sweep() == self.SWEEP_BATCHES * self._sweep_batch_size:
                 self._next_sweep = now
         except Exception:
             log.warning("relay %s: sweeping published rows failed; next time", self.name, exc_info=True)
