@@ -6,8 +6,8 @@ owns its path prefix, unchanged except for the `/order` alias.
     /order...          → order, as /orders...
     /notifications...  → notification
 
-The gateway's own `/health/live`, `/health/ready` and `/metrics` are served at the root; anything
-else is a JSON 404.
+The gateway's own `/health/live`, `/health/ready` and `/metrics` are served at the root, and the
+live console at `/console` (`/` redirects there; console.py); anything else is a JSON 404.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Match, NoMatchFound
 from starlette.types import Receive, Scope, Send
 
+from orbilnot.gateway.console import Console
 from orbilnot.gateway.proxy import Proxy
 from orbilnot.gateway.rate_limit import KeyFunction, RateLimitMiddleware, TokenBuckets, client_address
 from orbilnot.gateway.upstreams import PrefixRule, Upstream
@@ -43,6 +44,7 @@ def create_app(settings: GatewaySettings, rate_limit_key: KeyFunction = client_a
     `rate_limit_key` says whose token bucket a request draws from (rate_limit.py).
     """
     proxy = Proxy(settings)
+    console = Console(settings)
 
     async def readiness() -> dict[str, bool]:
         # Deliberately not the services' health: a gateway that reports itself unready whenever a
@@ -59,10 +61,10 @@ def create_app(settings: GatewaySettings, rate_limit_key: KeyFunction = client_a
         else:
             # The services verify every token themselves; the gateway passes Authorization on.
             log.info("AUTH_MODE=oidc: the services require access tokens of %s", settings.oidc_issuer_url)
-        async with proxy.running():
+        async with proxy.running(), console.running():
             yield
 
-    routes: list[BaseRoute] = [*health_routes(readiness)]
+    routes: list[BaseRoute] = [*health_routes(readiness), *console.routes()]
     routes += [ProxyRoute(rule, proxy) for rule in prefix_rules(settings)]
     app = Starlette(
         routes=routes,

@@ -116,10 +116,9 @@ class DatabaseSettings(ProcessSettings):
         return self
 
 
-class ServiceSettings(DatabaseSettings, AuthSettings):
-    """Configuration of one billing, order or notification process."""
+class KafkaClientSettings(ProcessSettings):
+    """How a process's Kafka clients authenticate, and the topics' names (services and gateway)."""
 
-    kafka_bootstrap_servers: str
     # A secured cluster: SASL (PLAIN or SCRAM) with or without TLS; KAFKA_SSL_CAFILE is the CA
     # that signed the brokers' certificates (empty: the system's trusted CAs).
     kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
@@ -127,12 +126,40 @@ class ServiceSettings(DatabaseSettings, AuthSettings):
     kafka_sasl_username: str | None = None
     kafka_sasl_password: SecretStr | None = None
     kafka_ssl_cafile: str | None = None
-    # The topics this service creates when they are missing (existing ones are left alone).
-    kafka_topic_replication_factor: int = Field(default=1, ge=1)
-    kafka_topic_min_insync_replicas: int | None = Field(default=None, ge=1)
 
     order_event_topic: str = "order.event"
     payment_event_topic: str = "payment.event"
+
+    @model_validator(mode="after")
+    def _sasl_needs_credentials(self) -> KafkaClientSettings:
+        if self.kafka_security_protocol.startswith("SASL_") and not (
+            self.kafka_sasl_username and self.kafka_sasl_password
+        ):
+            raise ValueError(
+                f"KAFKA_SECURITY_PROTOCOL={self.kafka_security_protocol} "
+                "needs KAFKA_SASL_USERNAME and KAFKA_SASL_PASSWORD"
+            )
+        return self
+
+    def kafka_connection_to(self, bootstrap_servers: str) -> KafkaConnection:
+        sasl = self.kafka_security_protocol.startswith("SASL_")
+        return KafkaConnection(
+            bootstrap_servers=bootstrap_servers,
+            security_protocol=self.kafka_security_protocol,
+            sasl_mechanism=self.kafka_sasl_mechanism if sasl else None,
+            sasl_username=self.kafka_sasl_username if sasl else None,
+            sasl_password=self.kafka_sasl_password.get_secret_value() if sasl and self.kafka_sasl_password else None,
+            ssl_cafile=self.kafka_ssl_cafile or None,
+        )
+
+
+class ServiceSettings(DatabaseSettings, AuthSettings, KafkaClientSettings):
+    """Configuration of one billing, order or notification process."""
+
+    kafka_bootstrap_servers: str
+    # The topics this service creates when they are missing (existing ones are left alone).
+    kafka_topic_replication_factor: int = Field(default=1, ge=1)
+    kafka_topic_min_insync_replicas: int | None = Field(default=None, ge=1)
     topic_partitions: int = Field(default=6, ge=1)
 
     db_pool_size: int = Field(default=20, ge=1)
@@ -155,30 +182,11 @@ class ServiceSettings(DatabaseSettings, AuthSettings):
         own_url = os.environ.get(f"{service.upper()}_DATABASE_URL")
         return cls(database_url=own_url) if own_url else cls()
 
-    @model_validator(mode="after")
-    def _sasl_needs_credentials(self) -> ServiceSettings:
-        if self.kafka_security_protocol.startswith("SASL_") and not (
-            self.kafka_sasl_username and self.kafka_sasl_password
-        ):
-            raise ValueError(
-                f"KAFKA_SECURITY_PROTOCOL={self.kafka_security_protocol} "
-                "needs KAFKA_SASL_USERNAME and KAFKA_SASL_PASSWORD"
-            )
-        return self
-
     def kafka_connection(self) -> KafkaConnection:
-        sasl = self.kafka_security_protocol.startswith("SASL_")
-        return KafkaConnection(
-            bootstrap_servers=self.kafka_bootstrap_servers,
-            security_protocol=self.kafka_security_protocol,
-            sasl_mechanism=self.kafka_sasl_mechanism if sasl else None,
-            sasl_username=self.kafka_sasl_username if sasl else None,
-            sasl_password=self.kafka_sasl_password.get_secret_value() if sasl and self.kafka_sasl_password else None,
-            ssl_cafile=self.kafka_ssl_cafile or None,
-        )
+        return self.kafka_connection_to(self.kafka_bootstrap_servers)
 
 
-class GatewaySettings(AuthSettings):
+class GatewaySettings(AuthSettings, KafkaClientSettings):
     """Configuration of the API gateway. Each upstream may list several comma-separated URLs."""
 
     billing_url: Annotated[list[str], NoDecode]
@@ -196,6 +204,20 @@ class GatewaySettings(AuthSettings):
     gateway_rate_limit_per_s: float = Field(default=2000.0, ge=0)
     gateway_rate_limit_burst: int = Field(default=4000, ge=1)
     gateway_cors_origins: Annotated[list[str], NoDecode] = ["*"]
+
+    # The console's live feed (gateway/console.py) reads the order, payment and dead-letter topics
+    # from here; unset, the console still works, refreshing only after the user's own actions.
+    kafka_bootstrap_servers: str | None = None
+    # What one client (address, or subject with AUTH_MODE=oidc) and all clients together may hold
+    # open as live streams; each stream watches at most console_max_accounts accounts.
+    console_max_streams_per_client: int = Field(default=4, ge=1)
+    console_max_streams: int = Field(default=500, ge=1)
+    console_max_accounts: int = Field(default=20, ge=1)
+    # The OIDC client the console signs in with (authorization code + PKCE, a public client).
+    console_oidc_client_id: str = "orbilnot-console"
+
+    def console_kafka(self) -> KafkaConnection | None:
+        return None if self.kafka_bootstrap_servers is None else self.kafka_connection_to(self.kafka_bootstrap_servers)
 
     @field_validator("billing_url", "order_url", "notification_url", "gateway_cors_origins", mode="before")
     @classmethod

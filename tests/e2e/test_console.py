@@ -1,0 +1,177 @@
+"""The live console (issue 11) in a real browser: Debian's chromium, driven by Playwright for
+Python through `executable_path` (no browser download). The acceptance scenario of SPEC §1 done
+by clicking, with CONFIRMED and the denial appearing without a reload: the page re-reads an
+account only when the gateway's event stream says something happened to it.
+
+Screenshots of each step are kept in test-results/console/ (the path is printed); with
+CONSOLE_SCREENSHOT_DOCS=1 the last one also replaces docs/console.png, the README's picture.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from support import Stack, eventually_sync
+
+ROOT = Path(__file__).resolve().parents[2]
+SHOTS = ROOT / "test-results" / "console"
+TIMEOUT_MS = 30_000  # a busy machine: every wait is for an element, with this deadline
+
+
+def ensure_chromium() -> str:
+    """Debian's chromium, installed with apt when missing (as `make image-test` installs Docker)."""
+    found = shutil.which("chromium")
+    if found:
+        return found
+    apt = ["apt-get", "-o", "DPkg::Lock::Timeout=300"]
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    install = [*apt, "install", "-y", "-qq", "--no-install-recommends", "chromium"]
+    if subprocess.run(install, env=env, capture_output=True).returncode != 0:
+        subprocess.run([*apt, "update", "-qq"], env=env, check=True, capture_output=True)
+        subprocess.run(install, env=env, check=True, capture_output=True)
+    found = shutil.which("chromium")
+    assert found, "apt installed chromium, but it is not on PATH"
+    return found
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[object]:
+    from playwright.sync_api import sync_playwright
+
+    executable = ensure_chromium()
+    with sync_playwright() as playwright:
+        # --no-sandbox: the tests run as root, where chromium's sandbox refuses to start.
+        browser = playwright.chromium.launch(executable_path=executable, args=["--no-sandbox"])
+        try:
+            yield browser
+        finally:
+            browser.close()
+
+
+@pytest.fixture
+def page(browser, request: pytest.FixtureRequest) -> Iterator[object]:  # type: ignore[no-untyped-def]
+    context = browser.new_context(locale="en-US", viewport={"width": 1440, "height": 1000})
+    context.set_default_timeout(TIMEOUT_MS)
+    page = context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    try:
+        yield page
+    finally:
+        context.close()
+    assert not errors, f"JavaScript errors in the console: {errors}"
+
+
+def shoot(page, name: str) -> Path:  # type: ignore[no-untyped-def]
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    path = SHOTS / f"{name}.png"
+    page.screenshot(path=str(path), full_page=True)
+    print(f"screenshot: {path}")
+    return path
+
+
+def test_root_redirects_to_the_console_and_its_assets_are_served(stack: Stack) -> None:
+    with httpx.Client(base_url=stack.gateway, timeout=10) as http:
+        root = http.get("/")
+        assert root.status_code == 307 and root.headers["location"] == "/console/"
+        for path in ("/console", "/console/"):
+            page = http.get(path)
+            assert page.status_code == 200 and "orbilnot console" in page.text
+        assert http.get("/console/assets/console.js").headers["content-type"].startswith("text/javascript")
+        assert http.get("/console/assets/nothing.js").status_code == 404
+        config = http.get("/console/config.json").json()
+        assert config["authMode"] == "off" and config["live"] is True
+
+
+def test_the_acceptance_scenario_by_clicking(stack: Stack, page) -> None:  # type: ignore[no-untyped-def]
+    from playwright.sync_api import expect
+
+    expect.set_options(timeout=TIMEOUT_MS)
+    page.goto(stack.gateway + "/")
+    assert page.url == stack.gateway + "/console/"
+    expect(page.get_by_test_id("live")).to_have_text("live")
+    for service in ("billing", "order", "notification"):
+        expect(page.locator(f"#health li[data-service={service}]")).to_have_class(re.compile(r"\bup\b"))
+
+    # 1. Create a user.
+    page.locator("#open-account button").click()
+    card = page.locator("article.account")
+    expect(card).to_have_count(1)
+    account = card.get_by_test_id("account-id").inner_text()
+    expect(card.get_by_test_id("balance")).to_have_text("0.00")
+
+    # 2. Deposit money.
+    page.locator("#money input[name=amount]").fill("1000")
+    page.get_by_test_id("deposit").click()
+    expect(card.get_by_test_id("balance")).to_have_text("1,000.00")
+    shoot(page, "1-deposited")
+
+    # 3–5. An order the account can pay for: CONFIRMED, the balance reduced, a notification.
+    page.locator("#place-order input[name=amount]").fill("500")
+    page.locator("#place-order button").click()
+    paid = card.locator("[data-testid=orders] tr").filter(has_text="500.00")
+    expect(paid.get_by_test_id("status")).to_have_text("CONFIRMED")
+    expect(card.get_by_test_id("balance")).to_have_text("500.00")
+    expect(card.get_by_test_id("notifications")).to_contain_text(f"Order {account}:")
+    expect(card.get_by_test_id("notifications").locator("li.PAYMENT_CONFIRMED")).to_have_count(1)
+    # The step timings come from the event stream alone: sent, decided and notified are known.
+    for column in (4, 5, 6):
+        expect(paid.locator(f"td:nth-child({column})")).to_have_text(re.compile(r"^\+\d"))
+    shoot(page, "2-confirmed")
+
+    # 6–8. An order it cannot pay for: CANCELLED, the balance unchanged, the denial notified.
+    page.locator("#place-order input[name=amount]").fill("900")
+    page.locator("#place-order button").click()
+    denied = card.locator("[data-testid=orders] tr").filter(has_text="900.00")
+    expect(denied.get_by_test_id("status")).to_have_text("CANCELLED")
+    denial = card.get_by_test_id("notifications").locator("li.PAYMENT_DENIED")
+    expect(denial).to_have_count(1)
+    expect(denial).to_contain_text("Not enough balance for commiting payment for order")
+    expect(card.get_by_test_id("balance")).to_have_text("500.00")
+    expect(page.get_by_test_id("events")).to_contain_text("payment.event PAYMENT_DENIED")
+
+    # Withdrawing the paid order refunds it, live too.
+    paid.get_by_test_id("withdraw-order").click()
+    expect(paid.get_by_test_id("status")).to_have_text("REFUNDED")
+    expect(card.get_by_test_id("balance")).to_have_text("1,000.00")
+    last = shoot(page, "3-denied-and-refunded")
+    if os.environ.get("CONSOLE_SCREENSHOT_DOCS") == "1":
+        shutil.copyfile(last, ROOT / "docs" / "console.png")
+
+
+def test_streams_are_bounded_per_client_and_let_go_on_disconnect(stack: Stack) -> None:
+    url = f"{stack.gateway}/console/api/events"
+    with httpx.Client(timeout=10) as http:
+        assert http.get(url, params={"account": "not-an-id"}).status_code == 422
+        too_many = [f"00000000-0000-4000-8000-{n:012d}" for n in range(21)]  # CONSOLE_MAX_ACCOUNTS is 20
+        assert http.get(url, params={"account": too_many}).status_code == 422
+
+        # Each open stream with its line iterator: dropping the iterator would close the stream.
+        streams: list[tuple[httpx.Response, Iterator[str]]] = []
+
+        def open_stream() -> int:
+            response = http.send(http.build_request("GET", url), stream=True)
+            if response.status_code != 200:
+                response.close()
+                return response.status_code
+            lines = response.iter_lines()
+            assert next(lines) == "event: hello"
+            streams.append((response, lines))
+            return 200
+
+        assert [open_stream() for _ in range(4)] == [200] * 4  # CONSOLE_MAX_STREAMS_PER_CLIENT's default
+        assert open_stream() == 429
+        response, _ = streams.pop()
+        response.close()
+        # The gateway notices the disconnect and frees the slot.
+        eventually_sync(open_stream, lambda status: status == 200, timeout_s=15, what="a freed stream slot")
+        for response, _ in streams:
+            response.close()
