@@ -19,6 +19,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from orbilnot.infra.keycloak import LocalKeycloak
 from support import Stack, eventually_sync
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -175,3 +176,39 @@ def test_streams_are_bounded_per_client_and_let_go_on_disconnect(stack: Stack) -
         eventually_sync(open_stream, lambda status: status == 200, timeout_s=15, what="a freed stream slot")
         for response, _ in streams:
             response.close()
+
+
+def test_with_oidc_the_console_signs_in_through_keycloak_and_streams_only_with_a_token(
+    auth_stack: Stack,
+    keycloak: LocalKeycloak,
+    page,  # type: ignore[no-untyped-def]
+) -> None:
+    from playwright.sync_api import expect
+
+    expect.set_options(timeout=TIMEOUT_MS)
+    events = f"{auth_stack.gateway}/console/api/events"
+    assert httpx.get(events, timeout=10).status_code == 401
+    assert httpx.get(f"{auth_stack.gateway}/console/api/dead-letters", timeout=10).status_code == 401
+
+    page.goto(auth_stack.gateway + "/console/")
+    expect(page.get_by_test_id("who")).to_have_text("not signed in")
+    page.get_by_test_id("sign-in").click()
+    # Keycloak's own login page: authorization code + PKCE, the password typed into the provider.
+    page.locator("#username").fill("alice")
+    page.locator("#password").fill(keycloak.passwords()["alice"])
+    page.locator("#kc-login").click()
+    page.wait_for_url(auth_stack.gateway + "/console/")
+    expect(page.get_by_test_id("who")).to_have_text("alice")
+    expect(page.get_by_test_id("live")).to_have_text("live")
+
+    page.locator("#open-account input[name=amount]").fill("300")
+    page.locator("#open-account button").click()
+    card = page.locator("article.account")
+    expect(card.get_by_test_id("balance")).to_have_text("300.00")
+    page.locator("#place-order input[name=amount]").fill("200")
+    page.locator("#place-order button").click()
+    expect(card.locator("[data-testid=orders] tr").get_by_test_id("status")).to_have_text("CONFIRMED")
+    expect(card.get_by_test_id("balance")).to_have_text("100.00")
+    # Dead letters are for admins; alice is told so rather than shown anyone's.
+    expect(page.locator("#dead-letters-note")).to_have_text("Shown to admins only.")
+    shoot(page, "4-signed-in-as-alice")

@@ -512,4 +512,3 @@ async def _to_console(_: Request) -> Response:
 async def _page(_: Request) -> Response:
     # no-cache: a new version of the console is picked up on the next load.
     return FileResponse(STATIC_DIR / "index.html", headers={"Cache-Control": "no-cache"})
-

@@ -3,8 +3,8 @@
 It comes, like the Kafka broker, from Maven Central (`org.keycloak:keycloak-quarkus-dist`, a zip
 that Maven keeps in ~/.m2 and we copy once under the cache directory) and runs on the local JDK
 in development mode (`kc.sh start-dev`, its data in an H2 file under `data_dir`). On start it
-imports the realm `orbilnot`: the public client `orbilnot-cli`, whose access tokens carry the API
-audience `orbilnot-api`; the realm role `orbilnot-admin`; and the demo users alice, bob and admin
+imports the realm `orbilnot`: the public clients `orbilnot-cli` and `orbilnot-console` (the
+browser console's sign-in), whose access tokens carry the API audience `orbilnot-api`; the realm role `orbilnot-admin`; and the demo users alice, bob and admin
 (the last with that role), whose passwords are generated once and kept in `data_dir/users.json`.
 
 Layout of `data_dir`: `keycloak-<version>/` (the unpacked distribution and its `data/`),
@@ -38,6 +38,8 @@ KEYCLOAK_VERSION = "26.7.3"
 KEYCLOAK_ARTIFACT = f"org.keycloak:keycloak-quarkus-dist:{KEYCLOAK_VERSION}:zip"
 REALM = "orbilnot"
 CLI_CLIENT = "orbilnot-cli"
+# The live console in the browser (gateway/console.py): authorization code + PKCE, a public client.
+CONSOLE_CLIENT = "orbilnot-console"
 API_AUDIENCE = "orbilnot-api"
 ADMIN_ROLE = "orbilnot-admin"
 DEMO_USERS = ("alice", "bob", "admin")
@@ -157,6 +159,7 @@ class LocalKeycloak:
             except BaseException:
                 self._kill_if_running()
                 raise
+            self._ensure_console_client()
         return True
 
     def stop(self, timeout_s: float = 30) -> None:
@@ -216,6 +219,17 @@ class LocalKeycloak:
         realm_file = import_dir / f"{REALM}-realm.json"
         realm_file.write_text(json.dumps(realm_definition(self.passwords()), indent=2))
         realm_file.chmod(0o600)
+
+    def _ensure_console_client(self) -> None:
+        """A realm imported before the console existed lacks its client (--import-realm skips a
+        realm that exists): add it through the admin API, once."""
+        clients_url = f"{self.base_url}/admin/realms/{REALM}/clients"
+        headers = {"Authorization": f"Bearer {self.admin_token()}"}
+        found = httpx.get(clients_url, params={"clientId": CONSOLE_CLIENT}, headers=headers, timeout=30)
+        found.raise_for_status()
+        if not found.json():
+            httpx.post(clients_url, json=console_client(), headers=headers, timeout=30).raise_for_status()
+            log.info("Keycloak: added the client %s to the realm %s", CONSOLE_CLIENT, REALM)
 
     def _launch(self) -> None:
         passwords = self.passwords()
@@ -290,6 +304,36 @@ def password_grant(issuer_url: str, client_id: str, username: str, password: str
     return token
 
 
+def _audience_mapper() -> dict[str, Any]:
+    return {
+        "name": f"audience {API_AUDIENCE}",
+        "protocol": "openid-connect",
+        "protocolMapper": "oidc-audience-mapper",
+        "config": {"included.client.audience": API_AUDIENCE, "access.token.claim": "true", "id.token.claim": "false"},
+    }
+
+
+def console_client() -> dict[str, Any]:
+    """The browser console's client: public (a page cannot keep a secret), authorization code
+    with PKCE (S256) only, no password grant."""
+    return {
+        "clientId": CONSOLE_CLIENT,
+        "name": "orbilnot console",
+        "enabled": True,
+        "publicClient": True,
+        "standardFlowEnabled": True,
+        "directAccessGrantsEnabled": False,
+        # The gateway on any port of this machine: for a loopback address Keycloak ignores the
+        # port (RFC 8252 §7.3), so these cover `orbilnot up`'s 8080 and the tests' free ports.
+        "redirectUris": ["http://127.0.0.1/console/*", "http://localhost/console/*"],
+        # The page calls the token endpoint itself, from whatever port the gateway has: CORS for any
+        # origin, harmless here since a code is useless without the verifier the page holds.
+        "webOrigins": ["*"],
+        "attributes": {"pkce.code.challenge.method": "S256", "post.logout.redirect.uris": "+"},
+        "protocolMappers": [_audience_mapper()],
+    }
+
+
 def realm_definition(passwords: dict[str, str]) -> dict[str, Any]:
     """The realm `orbilnot` as Keycloak imports it."""
 
@@ -328,19 +372,9 @@ def realm_definition(passwords: dict[str, str]) -> dict[str, Any]:
                 "directAccessGrantsEnabled": True,
                 "standardFlowEnabled": True,
                 "redirectUris": ["http://127.0.0.1/*", "http://localhost/*"],
-                "protocolMappers": [
-                    {
-                        "name": "audience orbilnot-api",
-                        "protocol": "openid-connect",
-                        "protocolMapper": "oidc-audience-mapper",
-                        "config": {
-                            "included.client.audience": API_AUDIENCE,
-                            "access.token.claim": "true",
-                            "id.token.claim": "false",
-                        },
-                    }
-                ],
+                "protocolMappers": [_audience_mapper()],
             },
+            console_client(),
         ],
         "users": [user("alice", []), user("bob", []), user("admin", [ADMIN_ROLE])],
     }

@@ -358,8 +358,8 @@ function onSagaEvent(event) {
     status = ORDER_STATUS[event.type];
     if (event.type === "CREATED") timing.sent = event.publishedAt;
   } else {
-    status = PAYMENT_STATUS[event.paymentEventType || event.type];
-    timing.decided = event.occurredAt;
+    status = PAYMENT_STATUS[event.type];
+    if (event.type !== "REFUNDED") timing.decided = event.occurredAt; // the payment's decision, not a later refund
   }
   state.timings.set(event.orderNumber, timing);
   const order = account.orders.get(event.orderNumber);

@@ -1,0 +1,88 @@
+"""Who gets which live event in the console (gateway/console.py): pure bookkeeping, no I/O."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+
+from orbilnot.gateway.console import STREAM_QUEUE, TooManyStreams, Watcher, Watchers
+from orbilnot.shared.auth import Caller
+
+ALICE = Caller(subject="alice")
+BOB = Caller(subject="bob")
+ADMIN = Caller(subject="root", is_admin=True)
+
+
+def watcher(caller: Caller, *accounts: uuid.UUID, client: str | None = None) -> Watcher:
+    return Watcher(caller, client or caller.subject or "127.0.0.1", frozenset(accounts))
+
+
+def received(w: Watcher) -> list[dict[str, str]]:
+    events = []
+    while not w.queue.empty():
+        events.append(w.queue.get_nowait())
+    return events
+
+
+def test_an_event_reaches_only_the_streams_watching_its_account() -> None:
+    a, b = uuid.uuid4(), uuid.uuid4()
+    watchers = Watchers(max_per_client=4, max_total=10)
+    on_a, on_b = watcher(Caller.OPEN, a, client="x"), watcher(Caller.OPEN, b, client="y")
+    watchers.add(on_a)
+    watchers.add(on_b)
+    watchers.publish(a, None, {"kind": "order"})
+    assert received(on_a) == [{"kind": "order"}] and received(on_b) == []
+
+
+def test_with_authentication_an_event_reaches_only_whom_it_belongs_to_and_admins() -> None:
+    account = uuid.uuid4()
+    watchers = Watchers(max_per_client=4, max_total=10)
+    alice, bob, admin = watcher(ALICE, account), watcher(BOB, account), watcher(ADMIN, account)
+    for w in (alice, bob, admin):
+        watchers.add(w)
+    # bob's order attempt on alice's account is his, never hers (README "Ownership").
+    watchers.publish(account, "bob", {"kind": "order"})
+    assert received(alice) == [] and len(received(bob)) == 1 and len(received(admin)) == 1
+    # An event made with authentication off has no owner: only an admin sees it.
+    watchers.publish(account, None, {"kind": "payment"})
+    assert received(alice) == [] and received(bob) == [] and len(received(admin)) == 1
+
+
+def test_dead_letters_go_to_admins_and_to_everyone_with_authentication_off() -> None:
+    watchers = Watchers(max_per_client=4, max_total=10)
+    alice, admin, open_ = watcher(ALICE), watcher(ADMIN), watcher(Caller.OPEN)
+    for w in (alice, admin, open_):
+        watchers.add(w)
+    watchers.publish_dead_letter({"kind": "deadLetter"})
+    assert received(alice) == [] and len(received(admin)) == 1 and len(received(open_)) == 1
+
+
+def test_streams_are_capped_per_client_and_in_all_and_removal_frees_them() -> None:
+    account = uuid.uuid4()
+    watchers = Watchers(max_per_client=2, max_total=3)
+    first, second = watcher(ALICE, account), watcher(ALICE, account)
+    watchers.add(first)
+    watchers.add(second)
+    with pytest.raises(TooManyStreams):
+        watchers.add(watcher(ALICE, account))
+    watchers.add(watcher(BOB, account))
+    with pytest.raises(TooManyStreams):
+        watchers.add(watcher(ADMIN))  # the total
+    watchers.remove(first)
+    watchers.remove(first)  # twice is harmless
+    watchers.add(watcher(ALICE, account))
+    assert len(watchers) == 3
+    for w in list(watchers._all):
+        watchers.remove(w)
+    assert len(watchers) == 0 and watchers._by_account == {} and watchers._per_client == {}
+
+
+def test_a_stream_that_falls_too_far_behind_is_marked_to_close_not_grown() -> None:
+    account = uuid.uuid4()
+    watchers = Watchers(max_per_client=1, max_total=1)
+    slow = watcher(Caller.OPEN, account)
+    watchers.add(slow)
+    for n in range(STREAM_QUEUE + 5):
+        watchers.publish(account, None, {"n": str(n)})
+    assert slow.overflowed and slow.queue.qsize() == STREAM_QUEUE
