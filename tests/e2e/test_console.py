@@ -115,7 +115,7 @@ def test_the_acceptance_scenario_by_clicking(stack: Stack, page) -> None:  # typ
     expect(card.get_by_test_id("balance")).to_have_text("1,000.00")
     shoot(page, "1-deposited")
 
-    # 3–5. An order the account can pay for: CONFIRMED, the balance reduced, a notification.
+    # 3 to 5. An order the account can pay for: CONFIRMED, the balance reduced, a notification.
     page.locator("#place-order input[name=amount]").fill("500")
     page.locator("#place-order button").click()
     paid = card.locator("[data-testid=orders] tr").filter(has_text="500.00")
@@ -128,7 +128,7 @@ def test_the_acceptance_scenario_by_clicking(stack: Stack, page) -> None:  # typ
         expect(paid.locator(f"td:nth-child({column})")).to_have_text(re.compile(r"^\+\d"))
     shoot(page, "2-confirmed")
 
-    # 6–8. An order it cannot pay for: CANCELLED, the balance unchanged, the denial notified.
+    # 6 to 8. An order it cannot pay for: CANCELLED, the balance unchanged, the denial notified.
     page.locator("#place-order input[name=amount]").fill("900")
     page.locator("#place-order button").click()
     denied = card.locator("[data-testid=orders] tr").filter(has_text="900.00")

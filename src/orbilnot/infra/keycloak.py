@@ -3,9 +3,10 @@
 It comes, like the Kafka broker, from Maven Central (`org.keycloak:keycloak-quarkus-dist`, a zip
 that Maven keeps in ~/.m2 and we copy once under the cache directory) and runs on the local JDK
 in development mode (`kc.sh start-dev`, its data in an H2 file under `data_dir`). On start it
-imports the realm `orbilnot`: the public clients `orbilnot-cli` and `orbilnot-console` (the
-browser console's sign-in), whose access tokens carry the API audience `orbilnot-api`; the realm role `orbilnot-admin`; and the demo users alice, bob and admin
-(the last with that role), whose passwords are generated once and kept in `data_dir/users.json`.
+imports the realm `orbilnot`: the public clients `orbilnot-cli` and `orbilnot-console` (the browser
+console's sign-in), whose access tokens carry the API audience `orbilnot-api`; the realm role
+`orbilnot-admin`; and the demo users alice, bob and admin (the last with that role), whose
+passwords are generated once and kept in `data_dir/users.json`.
 
 Layout of `data_dir`: `keycloak-<version>/` (the unpacked distribution and its `data/`),
 `users.json`, `keycloak.pid`, `keycloak.out` (its console log), `lock`.
