@@ -199,7 +199,8 @@ def test_each_service_connects_as_its_own_role_and_migrate_as_the_owner(compose:
         if args.command != "serve":
             continue
         if args.service == "gateway":
-            assert not any("DATABASE" in key or "PASSWORD" in key for key in env), name
+            # No database credential; Kafka's (for the console's live feed) it may have.
+            assert not any("DATABASE" in key or "PASSWORD" in key for key in env if not key.startswith("KAFKA_")), name
             continue
         served.add(args.service)
         url = urlsplit(env["DATABASE_URL"])
