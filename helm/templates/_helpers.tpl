@@ -275,7 +275,26 @@ DATABASE_PASSWORD, which the application encodes into the URL. (dict "root" $ "s
 
 {{- define "orbilnot.kafka.caDirectory" -}}/etc/orbilnot/kafka-ca{{- end -}}
 
-{{/* The SASL password of the external Kafka, from its Secret (service containers only). */}}
+{{/* Where Kafka is and how its clients authenticate: the services' and the gateway's config. */}}
+{{- define "orbilnot.kafkaClientConfig" -}}
+KAFKA_BOOTSTRAP_SERVERS: {{ include "orbilnot.kafka.bootstrapServers" . | quote }}
+ORDER_EVENT_TOPIC: {{ .Values.config.orderEventTopic | quote }}
+PAYMENT_EVENT_TOPIC: {{ .Values.config.paymentEventTopic | quote }}
+{{- if not .Values.kafka.enabled }}
+{{- with .Values.externalKafka }}
+KAFKA_SECURITY_PROTOCOL: {{ .securityProtocol | quote }}
+{{- if include "orbilnot.kafka.sasl" $ }}
+KAFKA_SASL_MECHANISM: {{ .sasl.mechanism | quote }}
+KAFKA_SASL_USERNAME: {{ .sasl.username | quote }}
+{{- end }}
+{{- if include "orbilnot.kafka.caMounted" $ }}
+KAFKA_SSL_CAFILE: {{ printf "%s/%s" (include "orbilnot.kafka.caDirectory" $) .tls.caSecretKey | quote }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- end -}}
+
+{{/* The SASL password of the external Kafka, from its Secret (service and gateway containers). */}}
 {{- define "orbilnot.kafkaEnv" -}}
 {{- if include "orbilnot.kafka.sasl" . }}
 - name: KAFKA_SASL_PASSWORD
