@@ -112,7 +112,7 @@ def up(*, auth: bool = False) -> int:
             print(f"  {'keycloak':<13} {infra.keycloak.issuer_url}")
             print_demo_users(infra)
         demo = f"orbilnot demo{' --auth' if auth else ''} --gateway {urls['gateway']}"
-        print(f"\ntry: {demo}   (Ctrl-C stops everything)", flush=True)
+        print(f"\nopen {urls['gateway']}/console/ in a browser, or try: {demo}   (Ctrl-C stops everything)", flush=True)
         while all(process.poll() is None for process in processes):
             time.sleep(0.5)
         print("a service exited unexpectedly; stopping", file=sys.stderr)

@@ -43,8 +43,10 @@ def ensure_chromium() -> str:
     return found
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def browser() -> Iterator[object]:
+    """One per test, started after the test's other fixtures: while Playwright's sync API runs, the
+    thread counts as running an event loop, and the stacks' fixtures use asyncio.run."""
     from playwright.sync_api import sync_playwright
 
     executable = ensure_chromium()
@@ -86,6 +88,7 @@ def test_root_redirects_to_the_console_and_its_assets_are_served(stack: Stack) -
         for path in ("/console", "/console/"):
             page = http.get(path)
             assert page.status_code == 200 and "orbilnot console" in page.text
+        assert "frame-ancestors 'none'" in page.headers["content-security-policy"]
         assert http.get("/console/assets/console.js").headers["content-type"].startswith("text/javascript")
         assert http.get("/console/assets/nothing.js").status_code == 404
         config = http.get("/console/config.json").json()

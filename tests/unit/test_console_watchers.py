@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import time
 import uuid
 
 import pytest
 
-from orbilnot.gateway.console import STREAM_QUEUE, TooManyStreams, Watcher, Watchers
+from orbilnot.gateway.console import STREAM_QUEUE, Console, TooManyStreams, Watcher, Watchers
 from orbilnot.shared.auth import Caller
+from orbilnot.shared.config import GatewaySettings
 
 ALICE = Caller(subject="alice")
 BOB = Caller(subject="bob")
@@ -86,3 +88,30 @@ def test_a_stream_that_falls_too_far_behind_is_marked_to_close_not_grown() -> No
     for n in range(STREAM_QUEUE + 5):
         watchers.publish(account, None, {"n": str(n)})
     assert slow.overflowed and slow.queue.qsize() == STREAM_QUEUE
+
+
+def console() -> Console:
+    urls = ["http://127.0.0.1:1"]
+    return Console(GatewaySettings(billing_url=urls, order_url=urls, notification_url=urls))
+
+
+async def test_a_stream_ends_when_its_token_expires_and_lets_go_of_its_slot() -> None:
+    app = console()
+    w = watcher(ALICE, uuid.uuid4())
+    app.watchers.add(w)
+    sent = [chunk async for chunk in app._stream(w, expires_at=time.time() - 1)]
+    assert sent[0].startswith("event: hello") and sent[-1].startswith("event: bye")
+    assert '"token expired"' in sent[-1] and len(app.watchers) == 0
+
+
+async def test_a_stream_that_fell_behind_says_so_and_ends() -> None:
+    app = console()
+    account = uuid.uuid4()
+    w = watcher(Caller.OPEN, account)
+    app.watchers.add(w)
+    for n in range(STREAM_QUEUE + 1):
+        app.watchers.publish(account, None, {"kind": "order", "n": str(n)})
+    sent = [chunk async for chunk in app._stream(w, expires_at=None)]
+    # Its backlog is not worth sending: the page reloads the accounts when it reconnects.
+    assert len(sent) == 2 and '"too far behind"' in sent[-1]
+    assert len(app.watchers) == 0
