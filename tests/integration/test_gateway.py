@@ -248,7 +248,10 @@ async def test_serves_its_own_health_and_metrics_at_the_root(client: httpx.Async
     assert "orbilnot_http_requests_total" in metrics.text
 
 
-@pytest.mark.parametrize("path", ["/", "/accounts", "/accountx/1", "/orderz", "/ordersx/1", "/notification/1", "/docs"])
+# `/` is not among them: it redirects to the console (SPEC §10; tests/e2e/test_console.py).
+@pytest.mark.parametrize(
+    "path", ["/accounts", "/accountx/1", "/orderz", "/ordersx/1", "/notification/1", "/docs", "/consolex", "/console/x"]
+)
 async def test_unknown_paths_are_a_json_404(client: httpx.AsyncClient, path: str) -> None:
     response = await client.get(path)
     assert response.status_code == 404
