@@ -6,6 +6,7 @@ import signal
 import sys
 from collections.abc import Callable
 from types import FrameType
+from typing import cast
 
 import uvicorn
 from pydantic import ValidationError
@@ -13,7 +14,7 @@ from starlette.types import ASGIApp
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from orbilnot.shared.config import GatewaySettings, HttpLimitSettings, ProcessSettings, ServiceSettings
-from orbilnot.shared.http_limits import EdgeLimitsProtocol
+from orbilnot.shared.http_limits import ON_SERVER_SHUTDOWN, EdgeLimitsProtocol
 from orbilnot.shared.observability import configure_logging, name_process
 
 
@@ -117,6 +118,9 @@ class DrainingHttpProtocol(HttpToolsProtocol):
 
     def shutdown(self) -> None:
         if self.cycle is not None and not self.cycle.response_complete:
+            end_now = cast("Callable[[], None] | None", self.cycle.scope.get(ON_SERVER_SHUTDOWN))
+            if end_now is not None:
+                end_now()  # an endless stream: ended, then closed like any other response
             super().shutdown()  # in the middle of a request: answered, then closed
             return
         self._draining = True

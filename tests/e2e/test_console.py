@@ -13,13 +13,16 @@ import os
 import re
 import shutil
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
+from orbilnot.infra import free_ports
 from orbilnot.infra.keycloak import LocalKeycloak
+from orbilnot.up import gateway_env
 from support import Stack, eventually_sync
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -215,3 +218,20 @@ def test_with_oidc_the_console_signs_in_through_keycloak_and_streams_only_with_a
     # Dead letters are for admins; alice is told so rather than shown anyone's.
     expect(page.locator("#dead-letters-note")).to_have_text("Shown to admins only.")
     shoot(page, "4-signed-in-as-alice")
+
+
+def test_a_gateway_shutting_down_ends_its_streams_at_once(stack: Stack) -> None:
+    """An open console must not hold a gateway's graceful shutdown (7 s) for its whole length."""
+    port = free_ports(1)[0]
+    stack.start("gateway-to-stop", "gateway", port, gateway_env({}, stack.urls))
+    process = stack.processes["gateway-to-stop"]
+    with httpx.Client(timeout=10) as http, http.stream("GET", f"http://127.0.0.1:{port}/console/api/events") as events:
+        lines = events.iter_lines()
+        assert next(lines) == "event: hello"
+        started = time.monotonic()
+        process.terminate()
+        rest = list(lines)  # ends when the gateway ends the stream
+        assert "event: bye" in rest and any("shutting down" in line for line in rest)
+    process.wait(10)
+    took_s = time.monotonic() - started
+    assert process.returncode == 0 and took_s < 3.0, f"the gateway took {took_s:.1f} s to stop"

@@ -87,7 +87,7 @@ def test_a_stream_that_falls_too_far_behind_is_marked_to_close_not_grown() -> No
     watchers.add(slow)
     for n in range(STREAM_QUEUE + 5):
         watchers.publish(account, None, {"n": str(n)})
-    assert slow.overflowed and slow.queue.qsize() == STREAM_QUEUE
+    assert slow.ending == "too far behind" and slow.queue.qsize() == STREAM_QUEUE
 
 
 def console() -> Console:

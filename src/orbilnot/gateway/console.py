@@ -48,6 +48,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -67,6 +68,7 @@ from orbilnot.gateway.rate_limit import client_address
 from orbilnot.model.events import OrderEvent, PaymentEvent
 from orbilnot.shared.auth import Authenticator, Caller, InvalidToken, ProviderUnavailable
 from orbilnot.shared.config import GatewaySettings
+from orbilnot.shared.http_limits import ON_SERVER_SHUTDOWN
 from orbilnot.shared.kafka import KafkaConnection, dead_letter_topic
 
 log = logging.getLogger(__name__)
@@ -93,14 +95,24 @@ class Watcher:
     client: str
     accounts: frozenset[UUID]
     queue: asyncio.Queue[dict[str, Any]] = field(default_factory=lambda: asyncio.Queue(STREAM_QUEUE))
-    overflowed: bool = False
+    # Why the stream is to end now, once set.
+    ending: str | None = None
 
     def offer(self, event: dict[str, Any]) -> None:
         try:
             self.queue.put_nowait(event)
         except asyncio.QueueFull:
             # The stream ends (and the page reloads) rather than holding an unbounded backlog.
-            self.overflowed = True
+            self.end("too far behind")
+
+    def end(self, reason: str) -> None:
+        if self.ending is None:
+            self.ending = reason
+            with contextlib.suppress(asyncio.QueueFull):
+                self.queue.put_nowait(_WAKE_UP)  # a full queue wakes its reader anyway
+
+
+_WAKE_UP: dict[str, Any] = {"kind": "wake-up"}
 
 
 class TooManyStreams(Exception):
@@ -454,6 +466,8 @@ class Console:
             self.watchers.add(watcher)
         except TooManyStreams as error:
             return JSONResponse({"detail": str(error)}, status_code=429, headers={"Retry-After": "5"})
+        # A gateway shutting down ends the stream at once (serve.py); the page reconnects elsewhere.
+        request.scope[ON_SERVER_SHUTDOWN] = partial(watcher.end, "the gateway is shutting down")
         return StreamingResponse(
             self._stream(watcher, expires_at),
             media_type="text/event-stream",
@@ -465,21 +479,22 @@ class Console:
         """Starlette cancels this when the client disconnects; `finally` then lets go of the slot."""
         try:
             yield _sse("hello", {"live": self.feed is not None and self.feed.connected})
-            while not watcher.overflowed:
+            while watcher.ending is None:
                 wait_s = HEARTBEAT_S
                 if expires_at is not None:
                     left_s = expires_at - time.time()
                     if left_s <= 0:
-                        yield _sse("bye", {"reason": "token expired"})
-                        return
+                        watcher.end("token expired")
+                        break
                     wait_s = min(wait_s, left_s)
                 try:
                     event = await asyncio.wait_for(watcher.queue.get(), wait_s)
                 except TimeoutError:
                     yield ": heartbeat\n\n"
                     continue
-                yield _sse(event["kind"], event)
-            yield _sse("bye", {"reason": "too far behind"})
+                if watcher.ending is None:
+                    yield _sse(event["kind"], event)
+            yield _sse("bye", {"reason": watcher.ending})
         finally:
             self.watchers.remove(watcher)
 

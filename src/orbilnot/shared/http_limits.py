@@ -37,6 +37,11 @@ from orbilnot.shared.observability import count_rejection
 # How long a refused connection is still read (and what arrives dropped) before it is closed.
 LINGER_S = 2.0
 
+# A response that never ends on its own (the console's event stream) puts a callable under this
+# key of its ASGI scope; the server's protocol calls it when a graceful shutdown begins, so the
+# response can finish at once instead of holding the shutdown for its whole grace period.
+ON_SERVER_SHUTDOWN = "orbilnot.on_server_shutdown"
+
 
 class _HeadersTooLarge(Exception):
     """Raised from the parser's header callback; httptools hands it back wrapped in its own error."""
