@@ -9,6 +9,8 @@ CONSOLE_SCREENSHOT_DOCS=1 the last one also replaces docs/console.png, the READM
 
 from __future__ import annotations
 
+import asyncio
+import json
 import os
 import re
 import shutil
@@ -235,3 +237,35 @@ def test_a_gateway_shutting_down_ends_its_streams_at_once(stack: Stack) -> None:
     process.wait(10)
     took_s = time.monotonic() - started
     assert process.returncode == 0 and took_s < 3.0, f"the gateway took {took_s:.1f} s to stop"
+
+
+def test_dead_letters_are_shown_from_the_dead_letter_topics(stack: Stack) -> None:
+    from aiokafka import AIOKafkaProducer
+
+    topic = stack.env["ORDER_EVENT_TOPIC"]
+    marker = f"not an order event {time.monotonic_ns()}"
+
+    async def send_garbage() -> None:
+        producer = AIOKafkaProducer(bootstrap_servers=stack.env["KAFKA_BOOTSTRAP_SERVERS"])
+        await producer.start()
+        try:
+            await producer.send_and_wait(topic, marker.encode(), key=b"x")
+        finally:
+            await producer.stop()
+
+    with httpx.Client(base_url=stack.gateway, timeout=10) as http:
+        with http.stream("GET", "/console/api/events") as events:
+            lines = events.iter_lines()
+            assert next(lines) == "event: hello"
+            asyncio.run(send_garbage())  # billing dead-letters it to <topic>.dlt, the console reads that
+            # Paced by the stream's own lines (events, and a heartbeat every 15 s), with a deadline;
+            # a silent stream fails on the client's 10 s read timeout.
+            deadline = time.monotonic() + 60
+            for line in lines:
+                if line.startswith("data:") and marker in line:
+                    entry = json.loads(line[5:])
+                    break
+                assert time.monotonic() < deadline, "no dead letter on the stream"
+        assert entry["topic"] == f"{topic}.dlt" and entry["error"] and entry["consumerGroup"]
+        listed = http.get("/console/api/dead-letters").json()["entries"]
+        assert any(marker in e["value"] for e in listed)
