@@ -150,6 +150,7 @@ class LocalKeycloak:
         with self._lock():
             if self.is_running():
                 self._wait_until_ready(deadline)
+                self._ensure_console_client()
                 return False
             self._check_port_free()
             self._install()
