@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 
 import pytest
 
-from orbilnot.gateway.console import STREAM_QUEUE, Console, TooManyStreams, Watcher, Watchers
+from orbilnot.gateway.console import STREAM_QUEUE, Console, LiveFeed, TooManyStreams, Watcher, Watchers
 from orbilnot.shared.auth import Caller
 from orbilnot.shared.config import GatewaySettings
+from orbilnot.shared.kafka import KafkaConnection
 
 ALICE = Caller(subject="alice")
 BOB = Caller(subject="bob")
@@ -115,3 +117,18 @@ async def test_a_stream_that_fell_behind_says_so_and_ends() -> None:
     # Its backlog is not worth sending: the page reloads the accounts when it reconnects.
     assert len(sent) == 2 and '"too far behind"' in sent[-1]
     assert len(app.watchers) == 0
+
+
+async def test_the_feed_survives_a_broker_that_cannot_be_reached(caplog: pytest.LogCaptureFixture) -> None:
+    """The gateway starts and serves without Kafka; the feed keeps trying, warning, never raising."""
+    feed = LiveFeed(KafkaConnection("127.0.0.1:1"), "o", "p", Watchers(1, 1))
+    task = asyncio.create_task(feed.run())
+    deadline = time.monotonic() + 20
+    while not any("console feed" in r.getMessage() for r in caplog.records):
+        assert not task.done() and time.monotonic() < deadline, "no warning about the broker"
+        await asyncio.sleep(0.05)
+    assert not feed.connected
+    assert all(r.levelname == "WARNING" for r in caplog.records if r.name == "orbilnot.gateway.console")
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task

@@ -248,6 +248,7 @@ class LiveFeed:
                 # How soon a topic created after the gateway started (the services create them) is read.
                 metadata_max_age_ms=5000,
             )
+            failure: Exception | None = None
             try:
                 await consumer.start()
                 delay_s = 1.0
@@ -255,16 +256,16 @@ class LiveFeed:
             except asyncio.CancelledError:
                 raise
             except Exception as error:
-                self.connected = False
-                # A warning, not an error: the console works without its feed, and the broker
-                # coming up after the gateway is a normal start.
-                log.warning("console feed: %s; retrying in %.0f s", error or type(error).__name__, delay_s)
-                await asyncio.sleep(delay_s)
-                delay_s = min(delay_s * 2, 30.0)
+                failure = error
             finally:
                 self.connected = False
                 with contextlib.suppress(Exception):
                     await consumer.stop()
+            # A warning, not an error: the console works without its feed, and a broker that
+            # comes up after the gateway is a normal start.
+            log.warning("console feed: %s; retrying in %.0f s", repr(failure), delay_s)
+            await asyncio.sleep(delay_s)
+            delay_s = min(delay_s * 2, 30.0)
 
     async def _consume(self, consumer: AIOKafkaConsumer) -> None:
         # Subscribed without a group, the consumer takes every partition of these topics, and of
