@@ -14,7 +14,7 @@ from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from orbilnot.billing.handlers import open_account, process_batch, receive_order_event
+from orbilnot.billing.handlers import open_account, process_batch, receive_order_events
 from orbilnot.model import OrderEvent, OrderEventType
 from orbilnot.shared.db import after_commit, savepoint, transaction
 from orbilnot.shared.retry import in_transaction
@@ -126,7 +126,7 @@ async def orders_received(engine: AsyncEngine, *amounts: int) -> list[OrderEvent
             for amount in amounts
         ]  # fmt: skip
         for event in events:
-            await receive_order_event(conn, event)
+            await receive_order_events(conn, [event])
     return events
 
 

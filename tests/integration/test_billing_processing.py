@@ -13,7 +13,7 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from orbilnot.billing.domain import AccountAction
-from orbilnot.billing.handlers import change_balance, open_account, process_received_events, receive_order_event
+from orbilnot.billing.handlers import change_balance, open_account, process_received_events, receive_order_events
 from orbilnot.billing.tables import accounts, ledger, order_events, outbox
 from orbilnot.model import OrderEvent, OrderEventType, PaymentEvent
 from orbilnot.shared.auth import Caller
@@ -56,10 +56,10 @@ async def test_two_processors_share_the_work_and_never_overdraw(database_url: st
         events = [order_event(rng.choice(account_ids), Decimal(rng.randint(1, 40))) for _ in range(300)]
         async with engines[0].begin() as conn:
             for event in events:
-                await receive_order_event(conn, event)
+                await receive_order_events(conn, [event])
             # The same events again, as a redelivery would bring them.
             for event in events[:50]:
-                await receive_order_event(conn, event)
+                await receive_order_events(conn, [event])
 
         await asyncio.gather(*(process_all(engine) for engine in engines))
 
@@ -105,13 +105,13 @@ async def test_a_refund_is_made_once_however_often_it_is_asked_for(engine: Async
         await change_balance(conn, account, AccountAction.DEPOSIT_MONEY, Decimal(1000))
     created = order_event(account, Decimal(500))
     async with engine.begin() as conn:
-        await receive_order_event(conn, created)
+        await receive_order_events(conn, [created])
     await process_all(engine)
     # Two cancellations of the same order (as if the order service had asked twice).
     for _ in range(2):
         async with engine.begin() as conn:
-            await receive_order_event(
-                conn, order_event(account, Decimal(500), OrderEventType.CANCELLED, created.order_number)
+            await receive_order_events(
+                conn, [order_event(account, Decimal(500), OrderEventType.CANCELLED, created.order_number)]
             )
         await process_all(engine)
 
@@ -152,12 +152,12 @@ async def test_an_order_is_paid_only_for_the_account_owner_or_an_admin(engine: A
     auth_off = order_event(account, Decimal(40))  # placed with authentication off: no placer
     async with engine.begin() as conn:
         for event in (by_alice, by_bob, by_admin, auth_off):
-            await receive_order_event(conn, event)
+            await receive_order_events(conn, [event])
     await process_all(engine)
     # alice withdraws the admin's order: the refund is not checked against its placer.
     refund = order_event(account, Decimal(30), OrderEventType.CANCELLED, by_admin.order_number, placed_by="alice-sub")
     async with engine.begin() as conn:
-        await receive_order_event(conn, refund)
+        await receive_order_events(conn, [refund])
     await process_all(engine)
 
     async with engine.connect() as conn:

@@ -12,10 +12,10 @@ import pytest
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from orbilnot.billing.handlers import receive_order_event
+from orbilnot.billing.handlers import receive_order_events
 from orbilnot.billing.tables import order_events
 from orbilnot.model import OrderEvent, OrderEventType, PaymentEvent, PaymentEventType
-from orbilnot.notification.handlers import store_notification
+from orbilnot.notification.handlers import store_notifications
 from orbilnot.notification.tables import notifications
 from orbilnot.shared.consumer import IdempotentConsumer
 from orbilnot.shared.kafka import ProducerHandle
@@ -43,7 +43,7 @@ async def notification_consumer(
         topic=topic,
         group_id=f"test-{uuid.uuid4().hex[:8]}",
         model=PaymentEvent,
-        handle=store_notification,
+        handle=store_notifications,
         engine=engine,
         producer=producer,
         kafka=infra.kafka_bootstrap_servers,
@@ -119,7 +119,7 @@ async def test_billing_inbox_keeps_one_row_per_order_event(engine: AsyncEngine) 
     )
     for _ in range(3):
         async with engine.begin() as conn:
-            await receive_order_event(conn, event)
+            await receive_order_events(conn, [event])
     async with engine.connect() as conn:
         rows = (
             await conn.execute(select(order_events.c.status).where(order_events.c.event_id == event.event_id))

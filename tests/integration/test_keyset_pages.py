@@ -19,7 +19,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from orbilnot.model import PaymentEvent, PaymentEventType, order_number_of
-from orbilnot.notification.handlers import list_notifications, store_notification
+from orbilnot.notification.handlers import list_notifications, store_notifications
 from orbilnot.order.handlers import list_orders, place_order
 from orbilnot.shared.pagination import Page
 from support import eventually
@@ -96,7 +96,7 @@ async def test_a_notification_committed_late_is_on_a_later_page(engine: AsyncEng
             description="",
             occurred_at=datetime.now(UTC),
         )
-        await store_notification(conn, event)
+        await store_notifications(conn, [event])
 
     async def read(conn: AsyncConnection, after: int | None) -> Page[Any]:
         return await list_notifications(conn, account, limit=2, after=after)

@@ -14,7 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from orbilnot.model import PaymentEvent, PaymentEventType, order_number_of
 from orbilnot.order.handlers import (
     amend_order,
-    apply_payment_result,
+    apply_payment_results,
     get_order,
     mark_attempted,
     place_order,
@@ -69,7 +69,7 @@ async def test_a_result_is_applied_once_and_none_to_an_order_never_sent(
         order = await place_order(conn, account, Decimal(10), topic=topic)
     confirmed = result(account, order, PaymentEventType.PAYMENT_CONFIRMED)
     async with engine.begin() as conn:  # forged: its CREATED was never sent
-        await apply_payment_result(conn, result(account, order, PaymentEventType.PAYMENT_CONFIRMED))
+        await apply_payment_results(conn, [result(account, order, PaymentEventType.PAYMENT_CONFIRMED)])
     async with engine.connect() as conn:
         assert (await get_order(conn, account, order)).status == "NEW"
 
@@ -77,7 +77,7 @@ async def test_a_result_is_applied_once_and_none_to_an_order_never_sent(
     denied_late = result(account, order, PaymentEventType.PAYMENT_DENIED)
     for event in (confirmed, confirmed, denied_late):
         async with engine.begin() as conn:
-            await apply_payment_result(conn, event)
+            await apply_payment_results(conn, [event])
     async with engine.connect() as conn:
         assert (await get_order(conn, account, order)).status == "CONFIRMED"
         unpublished = await conn.scalar(select(outbox.c.id).where(outbox.c.published_at.is_(None)))
@@ -92,7 +92,7 @@ async def test_a_refund_is_requested_once_and_completes_on_refunded(
         order = await place_order(conn, account, Decimal(10), topic=topic)
     await publish_all(engine, producer)
     async with engine.begin() as conn:
-        await apply_payment_result(conn, result(account, order, PaymentEventType.PAYMENT_CONFIRMED))
+        await apply_payment_results(conn, [result(account, order, PaymentEventType.PAYMENT_CONFIRMED)])
 
     number = order_number_of(account, order)
     for _ in range(3):  # repeating DELETE changes nothing after the first
@@ -104,6 +104,36 @@ async def test_a_refund_is_requested_once_and_completes_on_refunded(
     events = [json.loads(r.value) for r in await read_topic(infra.kafka_bootstrap_servers, topic, at_least=2)]
     assert [e["eventType"] for e in events] == ["CREATED", "CANCELLED"]
     async with engine.begin() as conn:
-        await apply_payment_result(conn, result(account, order, PaymentEventType.REFUNDED))
+        await apply_payment_results(conn, [result(account, order, PaymentEventType.REFUNDED)])
     async with engine.connect() as conn:
         assert (await get_order(conn, account, order)).status == "REFUNDED"
+
+
+async def test_a_batch_of_results_applies_each_once_in_the_order_consumed(
+    engine: AsyncEngine, producer: ProducerHandle, topic: str
+) -> None:
+    """The consumer hands a whole batch to the handler: several results of one order, copies of
+    one event, an order nobody knows — each decided as if it had come alone, in order."""
+    account = uuid.uuid4()
+    async with engine.begin() as conn:
+        refunded = await place_order(conn, account, Decimal(10), topic=topic)
+        denied = await place_order(conn, account, Decimal(20), topic=topic)
+    await publish_all(engine, producer)
+    confirmed = result(account, refunded, PaymentEventType.PAYMENT_CONFIRMED)
+    batch = [
+        confirmed,
+        result(account, denied, PaymentEventType.PAYMENT_DENIED),
+        confirmed,  # a redelivery within the batch
+        result(account, uuid.uuid4(), PaymentEventType.PAYMENT_CONFIRMED),  # an order nobody knows
+        result(account, denied, PaymentEventType.PAYMENT_CONFIRMED),  # does not apply: already denied
+        result(account, refunded, PaymentEventType.REFUNDED),  # applies to the CONFIRMED just before it
+    ]
+    async with engine.begin() as conn:
+        await apply_payment_results(conn, batch)
+    async with engine.connect() as conn:
+        assert (await get_order(conn, account, refunded)).status == "REFUNDED"
+        assert (await get_order(conn, account, denied)).status == "CANCELLED"
+    async with engine.begin() as conn:  # the whole batch again: every event is a redelivery
+        await apply_payment_results(conn, batch)
+    async with engine.connect() as conn:
+        assert (await get_order(conn, account, refunded)).status == "REFUNDED"

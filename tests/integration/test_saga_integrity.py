@@ -15,13 +15,13 @@ from prometheus_client import REGISTRY
 from sqlalchemy import insert, select, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from orbilnot.billing.handlers import open_account, park_order_event, process_received_events, receive_order_event
+from orbilnot.billing.handlers import open_account, park_order_event, process_received_events, receive_order_events
 from orbilnot.billing.tables import accounts, ledger, order_events
 from orbilnot.billing.tables import outbox as billing_outbox
 from orbilnot.model import OrderEvent, OrderEventType, PaymentEvent, PaymentEventType
-from orbilnot.notification.handlers import park_notification, store_notification
+from orbilnot.notification.handlers import park_notification, store_notifications
 from orbilnot.notification.tables import notifications, parked_events
-from orbilnot.order.handlers import apply_payment_result, park_payment_result
+from orbilnot.order.handlers import apply_payment_results, park_payment_result
 from orbilnot.order.tables import orders, processed_events
 from orbilnot.shared.consumer import IdempotentConsumer
 from orbilnot.shared.kafka import ProducerHandle
@@ -44,7 +44,7 @@ def order_event(
 async def receive(engine: AsyncEngine, *events: OrderEvent) -> None:
     async with engine.begin() as conn:
         for event in events:
-            await receive_order_event(conn, event)
+            await receive_order_events(conn, [event])
 
 
 async def process_until_idle(engine: AsyncEngine, timeout_s: float = 20.0) -> None:
@@ -247,7 +247,7 @@ async def test_a_payment_result_the_order_service_cannot_apply_is_parked_and_hol
         await producer.producer.send(topic, event.to_json(), key=str(account).encode())
     await producer.producer.flush()
 
-    consumer = await consume(engine, producer, topic, infra, apply_payment_result, park_payment_result)
+    consumer = await consume(engine, producer, topic, infra, apply_payment_results, park_payment_result)
     try:
 
         async def status_of(number: str) -> str | None:
@@ -290,7 +290,7 @@ async def test_a_notification_the_database_refuses_is_parked_and_holds_back_no_o
         await producer.producer.send(topic, event.to_json(), key=str(account).encode())
     await producer.producer.flush()
 
-    consumer = await consume(engine, producer, topic, infra, store_notification, park_notification)
+    consumer = await consume(engine, producer, topic, infra, store_notifications, park_notification)
     try:
 
         async def stored() -> list[str]:
@@ -344,7 +344,7 @@ async def test_an_order_event_billing_cannot_store_is_parked_and_answered(
     await producer.producer.flush()
 
     park = functools.partial(park_order_event, topic="payment.event")
-    consumer = await consume(engine, producer, topic, infra, receive_order_event, park, model=OrderEvent)
+    consumer = await consume(engine, producer, topic, infra, receive_order_events, park, model=OrderEvent)
     try:
 
         async def inbox() -> dict[uuid.UUID, tuple[str, str | None]]:
@@ -404,7 +404,7 @@ async def test_a_serialization_failure_in_a_consumer_is_retried_not_parked(
     event = payment_event(account, number, PaymentEventType.PAYMENT_CONFIRMED)
     await producer.producer.send_and_wait(topic, event.to_json(), key=str(account).encode())
 
-    consumer = await consume(engine, producer, topic, infra, apply_payment_result, park_payment_result)
+    consumer = await consume(engine, producer, topic, infra, apply_payment_results, park_payment_result)
     try:
 
         async def status() -> str | None:

@@ -33,7 +33,7 @@ def build_kernel(settings: ServiceSettings) -> ServiceKernel:
     kernel.consumer(
         settings.order_event_topic,
         OrderEvent,
-        handlers.receive_order_event,
+        handlers.receive_order_events,
         park=functools.partial(handlers.park_order_event, topic=settings.payment_event_topic),
         after_commit=processor.wake,
     )

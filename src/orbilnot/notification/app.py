@@ -14,7 +14,7 @@ from orbilnot.shared.service import ServiceKernel, create_service_app
 def build_kernel(settings: ServiceSettings) -> ServiceKernel:
     kernel = ServiceKernel(settings, service="notification")
     kernel.consumer(
-        settings.payment_event_topic, PaymentEvent, handlers.store_notification, park=handlers.park_notification
+        settings.payment_event_topic, PaymentEvent, handlers.store_notifications, park=handlers.park_notification
     )
     return kernel
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from uuid import UUID
@@ -17,9 +18,9 @@ from orbilnot.notification.domain import render
 from orbilnot.notification.tables import notifications, parked_events
 from orbilnot.shared.auth import Caller
 from orbilnot.shared.consumer import consumed_record
-from orbilnot.shared.db import after_commit
+from orbilnot.shared.db import after_commit, insert_rows
 from orbilnot.shared.observability import FLOW_LATENCY_BUCKETS, ORDER_CREATED_AT_HEADER
-from orbilnot.shared.pagination import DEFAULT_LIMIT, Page, lock_account_list
+from orbilnot.shared.pagination import DEFAULT_LIMIT, Page, lock_account_lists
 
 NOTIFICATIONS_LIST = "notification_service.notifications"
 
@@ -42,43 +43,57 @@ class Notification:
     created_at: datetime
 
 
-async def store_notification(conn: AsyncConnection, event: PaymentEvent) -> None:
-    """seed: PaymentEventListener. Insert first; the unique constraints drop a duplicate."""
-    message = render(event)
-    # Its place in the account's list. A consumer batch holds these locks until it commits; the
+async def store_notifications(conn: AsyncConnection, events: Sequence[PaymentEvent]) -> None:
+    """seed: PaymentEventListener. Insert first; the unique constraints drop a duplicate.
+
+    The whole batch in two statements: the turns of its accounts, then the rows."""
+    # Their place in the accounts' lists. A consumer batch holds these locks until it commits; the
     # events of one account share a partition, so two batches meet on an account only while a
-    # rebalance hands a partition over, and then the loser of a deadlock is retried event by event.
-    await lock_account_list(conn, NOTIFICATIONS_LIST, event.account_id)
-    stored = await conn.scalar(
-        pg_insert(notifications)
-        .values(
-            id=uuid.uuid4(),
-            event_id=event.event_id,
-            account_id=event.account_id,
-            owner_sub=event.owner_sub,
-            order_number=event.order_number,
-            notification_type=event.payment_event_type.value,
-            title=message.title,
-            body=message.body,
+    # rebalance hands a partition over (and the locks are taken in one order: no deadlock).
+    await lock_account_lists(conn, NOTIFICATIONS_LIST, (event.account_id for event in events))
+    rows = []
+    for event in events:
+        message = render(event)
+        rows.append(
+            {
+                "id": uuid.uuid4(),
+                "event_id": event.event_id,
+                "account_id": event.account_id,
+                "owner_sub": event.owner_sub,
+                "order_number": event.order_number,
+                "notification_type": event.payment_event_type.value,
+                "title": message.title,
+                "body": message.body,
+            }
         )
-        .on_conflict_do_nothing()
-        .returning(notifications.c.id)
+    stored = set(
+        await conn.scalars(
+            insert_rows(notifications, rows).on_conflict_do_nothing().returning(notifications.c.event_id)
+        )
     )
-    created_at = _order_created_at()
-    # `stored` is None for a duplicate: observed when it was stored the first time.
-    if stored is not None and created_at is not None:
+    # A duplicate is not returned (nor a second copy within the batch): it was observed when it
+    # was stored the first time.
+    created_at: list[datetime] = []
+    for event in events:
+        if event.event_id in stored:
+            stored.discard(event.event_id)
+            if (at := _order_created_at(event)) is not None:
+                created_at.append(at)
+    if created_at:
         after_commit(conn, lambda: _observe_since(created_at))
 
 
-def _observe_since(created_at: datetime) -> None:
-    # At the commit: the notification is stored now. Never negative: another host's clock.
-    NOTIFICATION_LATENCY.observe(max(0.0, (datetime.now(UTC) - created_at).total_seconds()))
+def _observe_since(created_at: list[datetime]) -> None:
+    # At the commit: the notifications are stored now. Never negative: another host's clock.
+    now = datetime.now(UTC)
+    for at in created_at:
+        NOTIFICATION_LATENCY.observe(max(0.0, (now - at).total_seconds()))
 
 
-def _order_created_at() -> datetime | None:
+def _order_created_at(event: PaymentEvent) -> datetime | None:
     """When the order was created, from the header billing puts on the result of a CREATED event;
     None for a refund's result, or a message from a producer that sets no such header."""
-    record = consumed_record.get()
+    record = consumed_record(event)
     for name, value in (record.headers if record is not None else None) or ():
         if name == ORDER_CREATED_AT_HEADER:
             try:

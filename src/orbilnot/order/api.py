@@ -68,7 +68,8 @@ async def place_order(
         str | None, Header(min_length=1, max_length=200, pattern=r"^[\x20-\x7e]+$", description=IDEMPOTENCY_KEY_DOC)
     ] = None,
 ) -> UUID:
-    async with kernel.engine.begin() as conn:
+    # One statement, atomic on its own (handlers.place_order): no BEGIN/COMMIT round trips.
+    async with kernel.autocommit_engine.connect() as conn:
         order_id = await handlers.place_order(
             conn, body.account_id, body.amount, idempotency_key, caller, topic=kernel.settings.order_event_topic
         )

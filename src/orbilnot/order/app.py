@@ -18,7 +18,7 @@ def build_kernel(settings: ServiceSettings) -> ServiceKernel:
     kernel.relay("order.outbox", outbox, on_attempt=handlers.mark_attempted)
     # seed: PaymentEventListener.
     kernel.consumer(
-        settings.payment_event_topic, PaymentEvent, handlers.apply_payment_result, park=handlers.park_payment_result
+        settings.payment_event_topic, PaymentEvent, handlers.apply_payment_results, park=handlers.park_payment_result
     )
     return kernel
 

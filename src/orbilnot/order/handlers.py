@@ -1,8 +1,10 @@
 """Order's use cases. Each takes a connection inside a transaction that its caller owns (a route's
-`engine.begin()`, the consumer's batch, the relay's step) and returns plain values."""
+`engine.begin()`, the consumer's batch, the relay's step), or one in autocommit mode for a use case
+that is a single statement (`place_order`), and returns plain values."""
 
 from __future__ import annotations
 
+import collections
 import hashlib
 import logging
 import uuid
@@ -14,7 +16,8 @@ from typing import Any
 from uuid import UUID
 
 from prometheus_client import Counter
-from sqlalchemy import ColumnElement, Row, delete, func, select, update
+from sqlalchemy import ColumnElement, Row, Table, Text, any_, bindparam, delete, func, insert, literal, select, update
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -23,10 +26,10 @@ from orbilnot.order import domain
 from orbilnot.order.domain import OrderStatus, Withdrawal
 from orbilnot.order.tables import orders, outbox, processed_events
 from orbilnot.shared.auth import Caller
-from orbilnot.shared.db import after_commit, is_transient, savepoint
+from orbilnot.shared.db import after_commit, insert_rows, is_transient, savepoint, unnest_rows
 from orbilnot.shared.errors import Conflict, NotFound
 from orbilnot.shared.outbox import outbox_row, record
-from orbilnot.shared.pagination import DEFAULT_LIMIT, Page, lock_account_list
+from orbilnot.shared.pagination import DEFAULT_LIMIT, Page, account_list_turn
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +40,7 @@ TRANSITIONS = Counter(
 )
 
 ORDERS_LIST = "order_service.orders"
-"""The name under which writers of one account's orders take turns (`lock_account_list`)."""
+"""The name under which writers of one account's orders take turns (`account_list_turn`)."""
 
 
 def _count_transition(conn: AsyncConnection, before: OrderStatus, after: OrderStatus, orders_moved: int = 1) -> None:
@@ -86,38 +89,51 @@ async def place_order(
 
     Whether `caller` may order on the account is not known here (billing owns accounts): the
     order carries its placer to billing, which denies it as for a missing account if not.
+
+    The order and its event are written by one statement, atomic on its own: the caller may run
+    it on an autocommit connection (`ServiceKernel.autocommit_engine`).
     """
     order_id = uuid.uuid4()
     event_id = uuid.uuid4()
     # The caller is part of the request: another subject's key never returns this order's id.
     fingerprint = _fingerprint(account_id, amount, caller) if idempotency_key else None
     order_number = order_number_of(account_id, order_id)
-    await lock_account_list(conn, ORDERS_LIST, account_id)  # its place in the account's list
-    inserted = await conn.scalar(
+    order = {
+        "id": order_id,
+        "account_id": account_id,
+        "order_number": order_number,
+        "amount": amount,
+        "status": OrderStatus.NEW.value,
+        "created_event_id": event_id,
+        "idempotency_key": idempotency_key,
+        "request_fingerprint": fingerprint,
+        "owner_sub": caller.subject,
+        "placed_by_admin": caller.is_admin,
+    }
+    created = _event_row(
+        topic, event_id, OrderEventType.CREATED, account_id, order_number, amount,
+        placed_by=caller.subject, placed_by_admin=caller.is_admin,
+    )  # fmt: skip
+    # ONE statement, atomic on its own, so the route runs it without BEGIN and COMMIT (one round
+    # trip, where a transaction of lock, order and event took five; and the account's turn is held
+    # only while PostgreSQL runs it, never across round trips):
+    #   1. take the account's turn (materialised first: the order draws its `seq` after it);
+    #   2. insert the order, or nothing if the idempotency key was used;
+    #   3. only if the order was inserted, its CREATED event into the outbox.
+    turn = select(account_list_turn(ORDERS_LIST, account_id)).cte("account_turn").prefix_with("MATERIALIZED")
+    placed = (
         pg_insert(orders)
-        .values(
-            id=order_id,
-            account_id=account_id,
-            order_number=order_number,
-            amount=amount,
-            status=OrderStatus.NEW.value,
-            created_event_id=event_id,
-            idempotency_key=idempotency_key,
-            request_fingerprint=fingerprint,
-            owner_sub=caller.subject,
-            placed_by_admin=caller.is_admin,
-        )
+        .from_select(list(order), select(*_literals(orders, order)).select_from(turn))
         .on_conflict_do_nothing(
             index_elements=[orders.c.account_id, orders.c.idempotency_key],
             index_where=orders.c.idempotency_key.is_not(None),
         )
         .returning(orders.c.id)
+        .cte("placed")
     )
+    event = insert(outbox).from_select(list(created), select(*_literals(outbox, created)).select_from(placed))
+    inserted = await conn.scalar(select(placed.c.id).add_cte(event.cte("created_event")))
     if inserted is not None:
-        await _record(
-            conn, topic, event_id, OrderEventType.CREATED, account_id, order_number, amount,
-            placed_by=caller.subject, placed_by_admin=caller.is_admin,
-        )  # fmt: skip
         return order_id
     first = (
         await conn.execute(
@@ -276,6 +292,25 @@ async def _record(
     placed_by: str | None,
     placed_by_admin: bool,
 ) -> None:
+    row = _event_row(
+        topic, event_id, event_type, account_id, order_number, amount,
+        placed_by=placed_by, placed_by_admin=placed_by_admin,
+    )  # fmt: skip
+    await record(conn, outbox, [row])
+
+
+def _event_row(
+    topic: str,
+    event_id: UUID,
+    event_type: OrderEventType,
+    account_id: UUID,
+    order_number: str,
+    amount: Decimal,
+    *,
+    placed_by: str | None,
+    placed_by_admin: bool,
+) -> dict[str, Any]:
+    """The outbox row of an order event (shared/outbox.py)."""
     event = OrderEvent(
         event_id=event_id,
         event_type=event_type,
@@ -286,7 +321,12 @@ async def _record(
         placed_by=placed_by,
         placed_by_admin=placed_by_admin,
     )
-    await record(conn, outbox, [outbox_row(event_id, topic, str(account_id), event.to_json())])
+    return outbox_row(event_id, topic, str(account_id), event.to_json())
+
+
+def _literals(table: Table, values: dict[str, Any]) -> list[ColumnElement[Any]]:
+    """`values` as typed bound parameters, to SELECT from in an `INSERT … SELECT`."""
+    return [literal(value, table.c[name].type) for name, value in values.items()]
 
 
 def _fingerprint(account_id: UUID, amount: Decimal, caller: Caller) -> str:
@@ -299,50 +339,79 @@ def _fingerprint(account_id: UUID, amount: Decimal, caller: Caller) -> str:
 # -- Kafka -------------------------------------------------------------------------------------
 
 
-async def apply_payment_result(conn: AsyncConnection, event: PaymentEvent) -> None:
+async def apply_payment_results(conn: AsyncConnection, events: Sequence[PaymentEvent]) -> None:
     """seed: PaymentEventListener. Each payment event moves its order once; a redelivery is
     dropped by the inbox's primary key, a result that does not fit the order's status is a
     logged no-op. (The consumer has already refused an event whose order number names another
-    account than its `accountId`.)"""
-    first_time = await conn.scalar(
-        pg_insert(processed_events)
-        .values(event_id=event.event_id)
-        .on_conflict_do_nothing()
-        .returning(processed_events.c.event_id)
+    account than its `accountId`.)
+
+    A batch in three statements: the events into the inbox, the orders of the new ones locked,
+    the orders' new statuses. Several events of one order apply one after the other, in order."""
+    first_time = set(
+        await conn.scalars(
+            insert_rows(processed_events, [{"event_id": event.event_id} for event in events])
+            .on_conflict_do_nothing()
+            .returning(processed_events.c.event_id)
+        )
     )
-    if first_time is None:
+    fresh: list[PaymentEvent] = []
+    for event in events:
+        if event.event_id in first_time:
+            first_time.discard(event.event_id)  # a copy later in the same batch is a redelivery
+            fresh.append(event)
+    if not fresh:
         return
-    row = (
+    numbers = sorted({event.order_number for event in fresh})
+    # Locked in id order, so that two batches that meet on some orders never deadlock.
+    locked = (
         await conn.execute(
-            select(orders.c.id, orders.c.status, orders.c.owner_sub)
-            .where(orders.c.order_number == event.order_number)
+            select(orders.c.id, orders.c.order_number, orders.c.status, orders.c.owner_sub)
+            .where(orders.c.order_number == any_(bindparam("numbers", numbers, type_=ARRAY(Text))))
+            .order_by(orders.c.id)
             .with_for_update()
         )
-    ).first()
-    if row is None:
-        log.warning("payment event %s for unknown order %s ignored", event.event_id, event.order_number)
+    ).all()
+    ids = {row.order_number: row.id for row in locked}
+    found = {row.order_number: (OrderStatus(row.status), row.owner_sub) for row in locked}
+    moved: set[str] = set()
+    transitions: collections.Counter[tuple[OrderStatus, OrderStatus]] = collections.Counter()
+    for event in fresh:
+        if event.order_number not in found:
+            log.warning("payment event %s for unknown order %s ignored", event.event_id, event.order_number)
+            continue
+        current, owner = found[event.order_number]
+        new_status = domain.payment_result(current, event.payment_event_type)
+        if new_status is None:
+            log.info(
+                "payment event %s (%s) does not apply to order %s in status %s; ignored",
+                event.event_id, event.payment_event_type, event.order_number, current,
+            )  # fmt: skip
+            continue
+        # Billing, which knows the accounts, says whose the order is now (issue 9): the account
+        # owner's when it was allowed (an admin's order on bob's account becomes bob's).
+        found[event.order_number] = (new_status, event.owner_sub if event.owner_sub is not None else owner)
+        moved.add(event.order_number)
+        transitions[current, new_status] += 1
+    if not moved:
         return
-    current = OrderStatus(row.status)
-    new_status = domain.payment_result(current, event.payment_event_type)
-    if new_status is None:
-        log.info(
-            "payment event %s (%s) does not apply to order %s in status %s; ignored",
-            event.event_id, event.payment_event_type, event.order_number, current,
-        )  # fmt: skip
-        return
-    # Billing, which knows the accounts, says whose the order is now (issue 9): the account
-    # owner's when it was allowed (an admin's order on bob's account becomes bob's).
-    owner = event.owner_sub if event.owner_sub is not None else row.owner_sub
+    changes = unnest_rows(
+        orders,
+        [
+            {"id": ids[number], "status": found[number][0].value, "owner_sub": found[number][1]}
+            for number in sorted(moved)
+        ],
+    )
     await conn.execute(
         update(orders)
-        .where(orders.c.id == row.id)
-        .values(status=new_status.value, owner_sub=owner, updated_at=func.now())
+        .where(orders.c.id == changes.c.id)
+        .values(status=changes.c.status, owner_sub=changes.c.owner_sub, updated_at=func.now())
     )
-    _count_transition(conn, current, new_status)
+    for (before, after), count in transitions.items():
+        _count_transition(conn, before, after, count)
 
 
 async def park_payment_result(conn: AsyncConnection, event: PaymentEvent, reason: str) -> bool:
-    """The consumer's `park`, for a payment event that `apply_payment_result` failed on, on its own
+    """The consumer's `park`, for a payment event that `apply_payment_results` failed on, on its own
     (a constraint, a bug): its inbox row says PARKED, with the error, so a redelivery is dropped
     like any processed event. False when it was already in the inbox.
 

@@ -4,9 +4,10 @@ For each batch polled from Kafka:
 
 1. every message is parsed and validated into its event model; one that fails goes, unchanged,
    to `<topic>.dlt` with the error in a header, and is not looked at again;
-2. the valid events are handed to the service's handler inside ONE database transaction; the
-   handler lets the database detect duplicates (a primary key or unique constraint on the event
-   id, `INSERT … ON CONFLICT DO NOTHING` first), so a redelivered event changes nothing;
+2. the valid events are handed, all at once and in order, to the service's handler inside ONE
+   database transaction; the handler lets the database detect duplicates (a primary key or
+   unique constraint on the event id, `INSERT … ON CONFLICT DO NOTHING` first), so a redelivered
+   event changes nothing. It stores the batch in a few statements, not a few per event;
 3. only after that commit are the offsets committed to Kafka. A crash in between means the batch
    is delivered again, and step 2 drops what was already stored.
 
@@ -29,7 +30,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from contextvars import ContextVar
 from typing import Generic, TypeVar
 
@@ -59,13 +60,20 @@ PARKED = Counter(
 
 Event = TypeVar("Event", bound=BaseModel)
 T = TypeVar("T")
-Handler = Callable[[AsyncConnection, Event], Awaitable[None]]
+Handler = Callable[[AsyncConnection, Sequence[Event]], Awaitable[None]]
+"""Stores a batch of events, in the order they were consumed, in the caller's transaction."""
 Parker = Callable[[AsyncConnection, Event, str], Awaitable[bool]]
 """Sets one event aside with its error, in the caller's transaction; True when it was not parked
 before (a redelivered copy of a parked event is counted once)."""
 
-consumed_record: ContextVar[ConsumerRecord | None] = ContextVar("consumed_record", default=None)
-"""The Kafka record of the event a handler is given, for what travels beside the event (headers)."""
+_consumed_records: ContextVar[dict[int, ConsumerRecord] | None] = ContextVar("consumed_records", default=None)
+
+
+def consumed_record(event: BaseModel) -> ConsumerRecord | None:
+    """The Kafka record `event` was parsed from, while the handler given its batch runs (None
+    anywhere else): for what travels beside the event (headers)."""
+    records = _consumed_records.get()
+    return None if records is None else records.get(id(event))
 
 
 class DatabaseDown(Exception):
@@ -237,18 +245,18 @@ class IdempotentConsumer(Generic[Event]):
     async def _handle_all(self, conn: AsyncConnection, events: list[tuple[ConsumerRecord, Event]]) -> None:
         """The batch in one transaction, no savepoints: a few statements for all of it."""
         try:
-            for record, event in events:
-                await self._handle_one(conn, record, event)
+            await self._handle_batch(conn, events)
         except Exception as error:
             await self._raise_if_outage(error)
             raise
 
-    async def _handle_one(self, conn: AsyncConnection, record: ConsumerRecord, event: Event) -> None:
-        token = consumed_record.set(record)  # the handler may read the message's headers
+    async def _handle_batch(self, conn: AsyncConnection, events: list[tuple[ConsumerRecord, Event]]) -> None:
+        # The handler may read each message's headers (`consumed_record`).
+        token = _consumed_records.set({id(event): record for record, event in events})
         try:
-            await self._handle(conn, event)
+            await self._handle(conn, [event for _, event in events])
         finally:
-            consumed_record.reset(token)
+            _consumed_records.reset(token)
 
     async def _handle_each_alone(
         self, conn: AsyncConnection, events: list[tuple[ConsumerRecord, Event]]
@@ -260,7 +268,7 @@ class IdempotentConsumer(Generic[Event]):
         for record, event in events:
             try:
                 async with savepoint(conn):
-                    await self._handle_one(conn, record, event)
+                    await self._handle_batch(conn, [(record, event)])
                 continue
             except Exception as error:
                 await self._raise_if_outage(error)

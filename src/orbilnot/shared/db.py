@@ -8,10 +8,14 @@ and Core keeps them visible and cheap.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
+from typing import Any
 
-from sqlalchemy import text
+from sqlalchemy import Table, TableValuedAlias, bindparam, func, select, text
+from sqlalchemy.dialects.postgresql import ARRAY
+from sqlalchemy.dialects.postgresql import Insert as PgInsert
+from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
@@ -91,6 +95,30 @@ async def savepoint(conn: AsyncConnection) -> AsyncIterator[None]:
         if callbacks is not None:
             del callbacks[registered:]
         raise
+
+
+def unnest_rows(table: Table, rows: Sequence[Mapping[str, Any]]) -> TableValuedAlias:
+    """`rows` (dicts with the same keys, columns of `table`) as a table for a statement's FROM:
+    `unnest($1::type1[], $2::type2[], …) AS anon_1(col1, col2, …)`, one array per column.
+
+    Many rows in ONE statement of fixed text, whatever their number: PostgreSQL parses, plans and
+    runs it once, and asyncpg prepares it once per connection. (A multi-row VALUES is a new
+    statement for every row count; an executemany is one execution per row.) The arrays' elements
+    come out in order, so rows are also inserted, and numbered by an identity column, in order.
+    """
+    names = list(rows[0])
+    arrays = [
+        bindparam(column, [row[column] for row in rows], type_=ARRAY(table.c[column].type), unique=True)
+        for column in names
+    ]
+    return func.unnest(*arrays).table_valued(*names).render_derived()
+
+
+def insert_rows(table: Table, rows: Sequence[Mapping[str, Any]]) -> PgInsert:
+    """`INSERT INTO table (…) SELECT … FROM unnest(…)`: `rows` in one statement (`unnest_rows`);
+    add `.on_conflict_do_nothing()` or `.returning()` as needed. `rows` must not be empty."""
+    batch = unnest_rows(table, rows)
+    return pg_insert(table).from_select(list(batch.c.keys()), select(*batch.c))
 
 
 async def database_is_up(engine: AsyncEngine, timeout_s: float = 2.0) -> bool:

@@ -58,6 +58,9 @@ class ServiceKernel:
         self.settings = settings
         self.service = service
         self.engine = create_engine(settings, application_name=f"orbilnot-{service}")
+        # The same pool, each statement its own transaction: for a use case that is one statement
+        # (placing an order), whose BEGIN and COMMIT would be two of its three round trips.
+        self.autocommit_engine = self.engine.execution_options(isolation_level="AUTOCOMMIT")
         # Readiness asks the database through a connection of its own: under load every pooled
         # connection is in use, and a probe waiting for one would mark a busy pod unready (and
         # then the next one, as the load moves over). One more connection per pod, counted in the
@@ -118,7 +121,7 @@ class ServiceKernel:
         self,
         topic: str,
         model: type[Event],
-        handle: Callable[[AsyncConnection, Event], Awaitable[None]],
+        handle: Callable[[AsyncConnection, Sequence[Event]], Awaitable[None]],
         *,
         park: Parker[Event] | None = None,
         after_commit: Callable[[], None] | None = None,
