@@ -16,7 +16,7 @@ from typing import Any
 from uuid import UUID
 
 from prometheus_client import Counter
-from sqlalchemy import ColumnElement, Row, Table, Text, any_, bindparam, delete, func, insert, literal, select, update
+from sqlalchemy import ColumnElement, Row, Select, Table, Text, any_, bindparam, delete, func, insert, select, update
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -29,7 +29,7 @@ from orbilnot.shared.auth import Caller
 from orbilnot.shared.db import after_commit, insert_rows, is_transient, savepoint, unnest_rows
 from orbilnot.shared.errors import Conflict, NotFound
 from orbilnot.shared.outbox import outbox_row, record
-from orbilnot.shared.pagination import DEFAULT_LIMIT, Page, account_list_turn
+from orbilnot.shared.pagination import DEFAULT_LIMIT, Page, account_list_key, account_list_turn
 
 log = logging.getLogger(__name__)
 
@@ -114,25 +114,10 @@ async def place_order(
         topic, event_id, OrderEventType.CREATED, account_id, order_number, amount,
         placed_by=caller.subject, placed_by_admin=caller.is_admin,
     )  # fmt: skip
-    # ONE statement, atomic on its own, so the route runs it without BEGIN and COMMIT (one round
-    # trip, where a transaction of lock, order and event took five; and the account's turn is held
-    # only while PostgreSQL runs it, never across round trips):
-    #   1. take the account's turn (materialised first: the order draws its `seq` after it);
-    #   2. insert the order, or nothing if the idempotency key was used;
-    #   3. only if the order was inserted, its CREATED event into the outbox.
-    turn = select(account_list_turn(ORDERS_LIST, account_id)).cte("account_turn").prefix_with("MATERIALIZED")
-    placed = (
-        pg_insert(orders)
-        .from_select(list(order), select(*_literals(orders, order)).select_from(turn))
-        .on_conflict_do_nothing(
-            index_elements=[orders.c.account_id, orders.c.idempotency_key],
-            index_where=orders.c.idempotency_key.is_not(None),
-        )
-        .returning(orders.c.id)
-        .cte("placed")
-    )
-    event = insert(outbox).from_select(list(created), select(*_literals(outbox, created)).select_from(placed))
-    inserted = await conn.scalar(select(placed.c.id).add_cte(event.cte("created_event")))
+    params: dict[str, Any] = {"turn": account_list_key(ORDERS_LIST, account_id)}
+    params.update({f"order_{name}": value for name, value in order.items()})
+    params.update({f"event_{name}": value for name, value in created.items()})
+    inserted = await conn.scalar(_PLACE_ORDER, params)
     if inserted is not None:
         return order_id
     first = (
@@ -145,6 +130,47 @@ async def place_order(
     if first.request_fingerprint != fingerprint:
         raise Conflict("this Idempotency-Key was used with a different request")
     return UUID(str(first.id))
+
+
+def _place_order_statement() -> Select[tuple[UUID]]:
+    """ONE statement, atomic on its own, so the route runs it without BEGIN and COMMIT (one round
+    trip, where a transaction of lock, order and event took five; and the account's turn is held
+    only while PostgreSQL runs it, never across round trips):
+
+    1. take the account's turn (a MATERIALIZED CTE, read first: the order draws its `seq` after);
+    2. insert the order, or nothing if the account already used the idempotency key;
+    3. only if the order was inserted, its CREATED event into the outbox.
+
+    Built once with named parameters (`turn`, `order_<column>`, `event_<column>`): building it per
+    request cost a fifth of the order service's CPU.
+    """
+
+    def parameters(table: Table, prefix: str, names: list[str]) -> list[ColumnElement[Any]]:
+        return [bindparam(f"{prefix}_{name}", type_=table.c[name].type) for name in names]
+
+    order_columns = [
+        "id", "account_id", "order_number", "amount", "status", "created_event_id",
+        "idempotency_key", "request_fingerprint", "owner_sub", "placed_by_admin",
+    ]  # fmt: skip
+    event_columns = list(outbox_row(uuid.UUID(int=0), "", "", b""))  # whatever an outbox row holds
+    turn = select(account_list_turn(bindparam("turn", type_=Text))).cte("account_turn").prefix_with("MATERIALIZED")
+    placed = (
+        pg_insert(orders)
+        .from_select(order_columns, select(*parameters(orders, "order", order_columns)).select_from(turn))
+        .on_conflict_do_nothing(
+            index_elements=[orders.c.account_id, orders.c.idempotency_key],
+            index_where=orders.c.idempotency_key.is_not(None),
+        )
+        .returning(orders.c.id)
+        .cte("placed")
+    )
+    event = insert(outbox).from_select(
+        event_columns, select(*parameters(outbox, "event", event_columns)).select_from(placed)
+    )
+    return select(placed.c.id).add_cte(event.cte("created_event"))
+
+
+_PLACE_ORDER = _place_order_statement()
 
 
 def _visible_to(caller: Caller) -> list[ColumnElement[bool]]:
@@ -322,11 +348,6 @@ def _event_row(
         placed_by_admin=placed_by_admin,
     )
     return outbox_row(event_id, topic, str(account_id), event.to_json())
-
-
-def _literals(table: Table, values: dict[str, Any]) -> list[ColumnElement[Any]]:
-    """`values` as typed bound parameters, to SELECT from in an `INSERT … SELECT`."""
-    return [literal(value, table.c[name].type) for name, value in values.items()]
 
 
 def _fingerprint(account_id: UUID, amount: Decimal, caller: Caller) -> str:

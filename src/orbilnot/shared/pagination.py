@@ -56,15 +56,21 @@ class Page(Generic[T]):
         return cls([item for _, item in shown], shown[-1][0] if shown else None, len(positioned) > limit)
 
 
-def account_list_turn(list_name: str, account_id: UUID) -> ColumnElement[Any]:
-    """Takes, until the transaction ends, the right to append to `list_name` of `account_id`, so
-    that rows of one account get their numbers in commit order (see the module's docstring): an
-    expression to evaluate in the inserting statement *before* the row draws its number.
+def account_list_key(list_name: str, account_id: UUID) -> str:
+    """The name of the right to append to `list_name` of `account_id` (see `account_list_turn`)."""
+    return f"{list_name}:{account_id}"
+
+
+def account_list_turn(key: ColumnElement[str]) -> ColumnElement[Any]:
+    """Takes, until the transaction ends, the right to append to the list `key` names
+    (`account_list_key`), so that rows of one account get their numbers in commit order (see the
+    module's docstring): an expression to evaluate in the inserting statement *before* the row
+    draws its number.
 
     A transaction-scoped advisory lock on a 64-bit hash: writers of other accounts never wait,
     a writer of the same account waits for the previous one's commit.
     """
-    return func.pg_advisory_xact_lock(func.hashtextextended(f"{list_name}:{account_id}", 0))
+    return func.pg_advisory_xact_lock(func.hashtextextended(key, 0))
 
 
 async def lock_account_lists(conn: AsyncConnection, list_name: str, account_ids: Iterable[UUID]) -> None:
@@ -73,9 +79,9 @@ async def lock_account_lists(conn: AsyncConnection, list_name: str, account_ids:
     The locks are taken in one order (sorted keys, and a function scan yields its rows in order),
     so two transactions that append to some of the same accounts never deadlock on each other.
     """
-    keys = sorted({f"{list_name}:{account_id}" for account_id in account_ids})
+    keys = sorted({account_list_key(list_name, account_id) for account_id in account_ids})
     batch = func.unnest(bindparam("keys", keys, type_=ARRAY(Text))).table_valued("key").render_derived()
-    await conn.execute(select(func.pg_advisory_xact_lock(func.hashtextextended(batch.c.key, 0))).select_from(batch))
+    await conn.execute(select(account_list_turn(batch.c.key)).select_from(batch))
 
 
 def encode_cursor(position: int, path: str) -> str:
