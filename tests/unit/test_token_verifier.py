@@ -13,7 +13,8 @@ import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from orbilnot.shared.auth import Caller, InvalidToken, ProviderUnavailable, TokenVerifier
+from orbilnot.shared.auth import Caller, InvalidToken, ProviderUnavailable
+from orbilnot.shared.oidc import TokenVerifier
 
 ISSUER = "https://sso.example.test/realms/orbilnot"
 AUDIENCE = "orbilnot-api"
