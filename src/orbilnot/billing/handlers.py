@@ -24,7 +24,7 @@ from orbilnot.billing.tables import accounts, ledger, order_events, outbox
 from orbilnot.model import OrderEvent, OrderEventType, PaymentEvent
 from orbilnot.shared.auth import Caller
 from orbilnot.shared.consumer import PARKED
-from orbilnot.shared.db import after_commit, insert_rows, is_transient
+from orbilnot.shared.db import after_commit, insert_rows, is_transient, unnest_rows
 from orbilnot.shared.errors import NotFound
 from orbilnot.shared.observability import FLOW_LATENCY_BUCKETS, ORDER_CREATED_AT_HEADER
 from orbilnot.shared.outbox import outbox_row, record
@@ -364,10 +364,10 @@ async def _decide(conn: AsyncConnection, rows: Sequence[Row[Any]], topic: str) -
         result_id = uuid.uuid4()
         results.append(
             {
-                "b_event_id": row.event_id,
-                "b_status": decision.status.value,
-                "b_description": decision.description,
-                "b_result_event_id": result_id,
+                "event_id": row.event_id,
+                "status": decision.status.value,
+                "description": decision.description,
+                "result_event_id": result_id,
             }
         )
         # The outcome is the account owner's to see, or, if refused, only its placer's.
@@ -378,14 +378,17 @@ async def _decide(conn: AsyncConnection, rows: Sequence[Row[Any]], topic: str) -
     if entries:
         await _write_ledger(conn, entries)
         changed = {entry["account_id"] for entry in entries}
+        balance_changes = unnest_rows(
+            accounts,
+            [
+                {"id": account_id, "balance": balances[account_id], "refundable": refundables[account_id]}
+                for account_id in sorted(changed)
+            ],
+        )
         await conn.execute(
             update(accounts)
-            .where(accounts.c.id == bindparam("b_id"))
-            .values(balance=bindparam("b_balance"), refundable=bindparam("b_refundable"), updated_at=func.now()),
-            [
-                {"b_id": account_id, "b_balance": balances[account_id], "b_refundable": refundables[account_id]}
-                for account_id in changed
-            ],
+            .where(accounts.c.id == balance_changes.c.id)
+            .values(balance=balance_changes.c.balance, refundable=balance_changes.c.refundable, updated_at=func.now())
         )
     await _set_decided(conn, results)
     await record(conn, outbox, events)
@@ -402,10 +405,10 @@ async def _park(conn: AsyncConnection, row: Row[Any], error: BaseException, topi
         conn,
         [
             {
-                "b_event_id": row.event_id,
-                "b_status": OrderEventStatus.PARKED.value,
-                "b_description": reason,
-                "b_result_event_id": result_id,
+                "event_id": row.event_id,
+                "status": OrderEventStatus.PARKED.value,
+                "description": reason,
+                "result_event_id": result_id,
             }
         ],
     )
@@ -425,16 +428,16 @@ async def _park(conn: AsyncConnection, row: Row[Any], error: BaseException, topi
 
 
 async def _set_decided(conn: AsyncConnection, results: list[dict[str, Any]]) -> None:
+    decided = unnest_rows(order_events, results)
     await conn.execute(
         update(order_events)
-        .where(order_events.c.event_id == bindparam("b_event_id"))
+        .where(order_events.c.event_id == decided.c.event_id)
         .values(
-            status=bindparam("b_status"),
-            description=bindparam("b_description"),
-            result_event_id=bindparam("b_result_event_id"),
+            status=decided.c.status,
+            description=decided.c.description,
+            result_event_id=decided.c.result_event_id,
             processed_at=func.now(),
-        ),
-        results,
+        )
     )
 
 
@@ -488,4 +491,5 @@ def _entry(
 
 
 async def _write_ledger(conn: AsyncConnection, entries: list[dict[str, Any]]) -> None:
-    await conn.execute(insert(ledger), entries)
+    # In one statement, in order: entries of one account get ids in the order their balances follow.
+    await conn.execute(insert_rows(ledger, entries))

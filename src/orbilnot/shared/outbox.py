@@ -38,11 +38,12 @@ from sqlalchemy import (
     Text,
     Uuid,
     func,
-    insert,
     text,
 )
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.ext.asyncio import AsyncConnection
+
+from orbilnot.shared.db import insert_rows
 
 
 def outbox_table(metadata: MetaData) -> Table:
@@ -81,6 +82,7 @@ def outbox_row(
 
 
 async def record(conn: AsyncConnection, outbox: Table, rows: list[dict[str, Any]]) -> None:
-    """Record events to publish, in the caller's transaction (one statement for many)."""
+    """Record events to publish, in the caller's transaction: one statement for many, numbered
+    (`id`, the relay's order) in the order given."""
     if rows:
-        await conn.execute(insert(outbox), rows)
+        await conn.execute(insert_rows(outbox, rows))
