@@ -16,7 +16,21 @@ from typing import Any
 from uuid import UUID
 
 from prometheus_client import Counter
-from sqlalchemy import ColumnElement, Row, Select, Table, Text, any_, bindparam, delete, func, insert, select, update
+from sqlalchemy import (
+    ColumnElement,
+    Row,
+    Select,
+    Table,
+    Text,
+    Uuid,
+    any_,
+    bindparam,
+    delete,
+    func,
+    insert,
+    select,
+    update,
+)
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -475,9 +489,10 @@ async def park_payment_result(conn: AsyncConnection, event: PaymentEvent, reason
 async def mark_attempted(conn: AsyncConnection, claimed: Sequence[Row[Any]]) -> None:
     """The relay's `on_attempt`: in the transaction that records its attempt, before it sends,
     the orders whose CREATED it claimed move NEW → SENT (they may be charged from now on)."""
+    event_ids = bindparam("event_ids", [row.event_id for row in claimed], type_=ARRAY(Uuid))
     sent = await conn.execute(
         update(orders)
-        .where(orders.c.created_event_id.in_([row.event_id for row in claimed]), orders.c.status == OrderStatus.NEW)
+        .where(orders.c.created_event_id == any_(event_ids), orders.c.status == OrderStatus.NEW)
         .values(status=OrderStatus.SENT.value, updated_at=func.now())
     )
     _count_transition(conn, OrderStatus.NEW, OrderStatus.SENT, sent.rowcount)

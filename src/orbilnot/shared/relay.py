@@ -44,7 +44,8 @@ from aiokafka.errors import (
     RecordTooLargeError,
 )
 from prometheus_client import Counter
-from sqlalchemy import Row, Table, delete, func, select, update
+from sqlalchemy import BigInteger, Column, ColumnElement, Row, Table, any_, bindparam, delete, func, select, update
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from orbilnot.shared.kafka import ProducerHandle
@@ -264,7 +265,9 @@ class OutboxRelay:
         outbox = self._outbox
         if published:
             await conn.execute(
-                update(outbox).where(outbox.c.id.in_(published)).values(published_at=func.now(), claimed_until=None)
+                update(outbox)
+                .where(_one_of(outbox.c.id, published))
+                .values(published_at=func.now(), claimed_until=None)
             )
         for row_id, reason in refused.items():
             await conn.execute(
@@ -277,10 +280,16 @@ class OutboxRelay:
         async with self._engine.begin() as conn:
             await conn.execute(
                 update(self._outbox)
-                .where(self._outbox.c.id.in_([row.id for row in rows]), self._outbox.c.published_at.is_(None))
+                .where(_one_of(self._outbox.c.id, [row.id for row in rows]), self._outbox.c.published_at.is_(None))
                 .values(claimed_until=None)
             )
 
 
 async def _failed(error: BaseException) -> None:
     raise error
+
+
+def _one_of(column: Column[int], ids: list[int]) -> ColumnElement[bool]:
+    """`column = ANY($1::BIGINT[])`: one statement text whatever the batch's size, prepared once per
+    connection (an `IN ($1, …, $n)` is a new statement, parsed and planned, for every size)."""
+    return column == any_(bindparam("ids", ids, type_=ARRAY(BigInteger)))
