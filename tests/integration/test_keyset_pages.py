@@ -15,13 +15,13 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import text
+from sqlalchemy import literal, select, text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from orbilnot.model import PaymentEvent, PaymentEventType, order_number_of
 from orbilnot.notification.handlers import list_notifications, store_notifications
-from orbilnot.order.handlers import list_orders, place_order
-from orbilnot.shared.pagination import Page
+from orbilnot.order.handlers import ORDERS_LIST, list_orders, place_order
+from orbilnot.shared.pagination import Page, account_list_key, account_list_turn
 from support import eventually
 
 
@@ -102,3 +102,31 @@ async def test_a_notification_committed_late_is_on_a_later_page(engine: AsyncEng
         return await list_notifications(conn, account, limit=2, after=after)
 
     await _check_out_of_order_commit(engine, write, read, key=lambda notice: notice.id)
+
+
+async def test_an_order_draws_its_number_only_once_it_has_its_accounts_turn(engine: AsyncEngine) -> None:
+    """The turn must come before the number, or two writers could draw 2 and 3, the one with 3
+    take the turn and commit first, and a reader resume after 3 before 2 is committed."""
+    account = uuid.uuid4()
+    numbers_drawn = text("SELECT last_value FROM pg_sequences WHERE sequencename = 'orders_seq_seq'")
+    turn = await engine.connect()
+    await turn.begin()
+    try:
+        # Another writer of this account holds its turn.
+        await turn.execute(select(account_list_turn(literal(account_list_key(ORDERS_LIST, account)))))
+        async with engine.connect() as conn:
+            before = await conn.scalar(numbers_drawn)
+
+        async def writer() -> None:
+            async with engine.begin() as conn:
+                await place_order(conn, account, Decimal(1), topic="order.event")
+
+        waiting = asyncio.create_task(writer())
+        await eventually(lambda: _blocked_or_done(engine, waiting), bool, what="the writer waits for its turn")
+        assert not waiting.done()
+        async with engine.connect() as conn:
+            assert await conn.scalar(numbers_drawn) == before, "a number was drawn before the turn"
+    finally:
+        await turn.rollback()
+        await turn.close()
+    await waiting
