@@ -73,7 +73,10 @@ def serve(service: str, host: str, port: int) -> int:
 
 def _protocol(limits: HttpLimitSettings) -> type[HttpToolsProtocol]:
     """The HTTP protocol every orbilnot server speaks: draining on shutdown, with the edge limits."""
-    return type("ServerProtocol", (DrainingHttpProtocol, EdgeLimitsProtocol.with_limits(limits)), {})
+    drain_s = DRAIN_IDLE_S if limits.shutdown_drain_s is None else limits.shutdown_drain_s
+    return type(
+        "ServerProtocol", (DrainingHttpProtocol, EdgeLimitsProtocol.with_limits(limits)), {"drain_idle_s": drain_s}
+    )
 
 
 def _exit_cleanly(signum: int, frame: FrameType | None) -> None:
@@ -115,6 +118,7 @@ class DrainingHttpProtocol(HttpToolsProtocol):
     """
 
     _draining = False
+    drain_idle_s = DRAIN_IDLE_S  # HTTP_SHUTDOWN_DRAIN_S, by _protocol()
 
     def shutdown(self) -> None:
         if self.cycle is not None and not self.cycle.response_complete:
@@ -124,7 +128,7 @@ class DrainingHttpProtocol(HttpToolsProtocol):
             super().shutdown()  # in the middle of a request: answered, then closed
             return
         self._draining = True
-        deadline = self.loop.time() + DRAIN_IDLE_S
+        deadline = self.loop.time() + self.drain_idle_s
         timer = self.timeout_keep_alive_task
         if timer is None or timer.when() > deadline:
             if timer is not None:

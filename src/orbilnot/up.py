@@ -13,6 +13,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from types import FrameType
 
@@ -33,7 +34,20 @@ def _port(service: str) -> int:
 def spawn(service: str, port: int, env: dict[str, str]) -> subprocess.Popen[bytes]:
     """One `orbilnot serve` process."""
     command = [sys.executable, "-m", "orbilnot.cli", "serve", service, "--port", str(port)]
-    return subprocess.Popen(command, env=env)
+    # A process group of its own: Ctrl-C in a terminal signals the whole foreground group, and a
+    # service that got that SIGINT and then up's SIGTERM took the second signal as "force quit"
+    # (a traceback, and in-hand work cut short). Only `up` decides when and how its processes stop.
+    return subprocess.Popen(command, env=env, process_group=0)
+
+
+def local_gateway_env(env: dict[str, str], urls: dict[str, str]) -> dict[str, str]:
+    """The gateway as `up` runs it: on one machine, for one person, who pressed Ctrl-C to stop.
+
+    The gateway's shutdown drain (3 s for an idle keep-alive connection, serve.py) is for a load
+    balancer's rolling update, where another replica takes the next request; here there is none,
+    and the browser's or curl's idle connection would hold the whole stop for those 3 s (and the
+    services behind it, whose idle connections the gateway holds until it exits)."""
+    return {"HTTP_SHUTDOWN_DRAIN_S": "0.2", **gateway_env(env, urls)}
 
 
 def gateway_env(env: dict[str, str], urls: dict[str, str]) -> dict[str, str]:
@@ -99,7 +113,7 @@ def up(*, auth: bool = False) -> int:
         urls = {service: f"http://127.0.0.1:{_port(service)}" for service in (*SERVICES, "gateway")}
         for service in SERVICES:
             processes.append(spawn(service, _port(service), env))
-        processes.append(spawn("gateway", _port("gateway"), gateway_env(env, urls)))
+        processes.append(spawn("gateway", _port("gateway"), local_gateway_env(env, urls)))
         for (service, url), process in zip(urls.items(), processes, strict=True):
             if not wait_ready(url, process):
                 print(f"{service} did not become ready; stopping", file=sys.stderr)
@@ -124,9 +138,11 @@ def up(*, auth: bool = False) -> int:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         stop_processes(processes)
-        if "postgres" in started:
-            infra.postgres.stop()
-        if "kafka" in started:
-            infra.kafka.stop()
-        if "keycloak" in started:
-            infra.keycloak.stop()
+        # Side by side: each takes a second or two to stop cleanly, and nothing is left to need
+        # one while another stops.
+        stops = {"postgres": infra.postgres.stop, "kafka": infra.kafka.stop, "keycloak": infra.keycloak.stop}
+        threads = [threading.Thread(target=stops[name], name=f"stop {name}") for name in started if name in stops]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()

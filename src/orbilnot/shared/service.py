@@ -33,7 +33,7 @@ from orbilnot.shared.config import ServiceSettings
 from orbilnot.shared.consumer import IdempotentConsumer, Parker
 from orbilnot.shared.db import create_engine, database_is_up, is_connection_problem
 from orbilnot.shared.errors import Conflict, NotFound
-from orbilnot.shared.kafka import ProducerHandle, ensure_topics
+from orbilnot.shared.kafka import ProducerHandle, ensure_topics, wait_for_group_coordinator
 from orbilnot.shared.observability import (
     RequestContextMiddleware,
     StripTrailingSlashMiddleware,
@@ -155,6 +155,8 @@ class ServiceKernel:
                     replication_factor=self.settings.kafka_topic_replication_factor,
                     min_insync_replicas=self.settings.kafka_topic_min_insync_replicas,
                 )
+                if self._consumers:
+                    await wait_for_group_coordinator(self.kafka, f"orbilnot-{self.service}")
                 await self.producer.connect()
         for worker in self._workers:
             worker.start()
