@@ -13,6 +13,7 @@ from pydantic import ValidationError
 from starlette.types import ASGIApp
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from orbilnot.shared import tracing
 from orbilnot.shared.config import GatewaySettings, HttpLimitSettings, ProcessSettings, ServiceSettings
 from orbilnot.shared.http_limits import ON_SERVER_SHUTDOWN, EdgeLimitsProtocol
 from orbilnot.shared.observability import configure_logging, name_process
@@ -24,7 +25,7 @@ def _app_factory(service: str) -> Callable[[], ASGIApp]:
         from orbilnot.gateway.app import create_app as create_gateway
 
         gateway_settings = GatewaySettings()  # read from the environment
-        return lambda: create_gateway(gateway_settings)
+        return lambda: tracing.instrument_gateway_app(create_gateway(gateway_settings))
     settings = ServiceSettings.of(service)  # read from the environment
     if service == "billing":
         from orbilnot.billing.app import create_app
@@ -38,6 +39,12 @@ def _app_factory(service: str) -> Callable[[], ASGIApp]:
 
 
 def serve(service: str, host: str, port: int) -> int:
+    try:
+        # Before the app is built: its engine and routes are instrumented as they are made.
+        tracing.setup(service)
+    except tracing.TracingConfigError as error:
+        print(f"orbilnot serve {service}: bad configuration\n{error}", file=sys.stderr)
+        return 2
     try:
         factory = _app_factory(service)
         limits = HttpLimitSettings()  # read from the environment

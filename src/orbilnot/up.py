@@ -15,6 +15,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from types import FrameType
 
 import httpx
@@ -140,7 +141,11 @@ def up(*, auth: bool = False) -> int:
         stop_processes(processes)
         # Side by side: each takes a second or two to stop cleanly, and nothing is left to need
         # one while another stops.
-        stops = {"postgres": infra.postgres.stop, "kafka": infra.kafka.stop, "keycloak": infra.keycloak.stop}
+        stops: dict[str, Callable[[], None]] = {
+            "postgres": infra.postgres.stop,
+            "kafka": infra.kafka.stop,
+            "keycloak": infra.keycloak.stop,
+        }
         threads = [threading.Thread(target=stops[name], name=f"stop {name}") for name in started if name in stops]
         for thread in threads:
             thread.start()

@@ -21,6 +21,7 @@ from orbilnot.billing import domain
 from orbilnot.billing.domain import AccountAction, LedgerKind, OrderEventStatus
 from orbilnot.billing.tables import accounts, ledger, order_events, outbox
 from orbilnot.model import OrderEvent, OrderEventType, PaymentEvent
+from orbilnot.shared import tracing
 from orbilnot.shared.auth import Caller
 from orbilnot.shared.consumer import PARKED
 from orbilnot.shared.db import after_commit, is_transient
@@ -160,6 +161,7 @@ async def receive_order_event(conn: AsyncConnection, event: OrderEvent) -> None:
             placed_by=event.placed_by,
             placed_by_admin=event.placed_by_admin,
             status=OrderEventStatus.RECEIVED.value,
+            trace_context=tracing.current_context(),  # the consumer's span of this message
         )
         .on_conflict_do_nothing(index_elements=[order_events.c.event_id])
     )
@@ -318,54 +320,59 @@ async def _decide(conn: AsyncConnection, rows: Sequence[Row[Any]], topic: str) -
     events: list[dict[str, Any]] = []
     decided: list[Decided] = []
     for row in rows:
-        event_type = OrderEventType(row.event_type)
-        exists = row.account_id in balances
-        # An order on an account its placer may not use is decided as if the account did not
-        # exist (issue 9). A refund needs no such check: it gives back only what the ledger
-        # charged this order, to the account it was charged to.
-        allowed = exists and (
-            event_type is OrderEventType.CANCELLED
-            or domain.may_order_on(owners[row.account_id], row.placed_by, row.placed_by_admin)
-        )
-        decision = domain.decide(
-            event_type,
-            account_id=row.account_id,
-            amount=row.amount,
-            balance=balances[row.account_id] if allowed else None,
-            paid=paid.get(row.order_number),
-            already_refunded=row.order_number in refunded,
-        )
-        given_back = decision.balance_change if decision.ledger_kind is LedgerKind.REFUND else Decimal(0)
-        decided.append(Decided(event_type, decision.status, _seconds_between(row.occurred_at, decided_at), given_back))
-        if decision.ledger_kind is not None:
-            balances[row.account_id] += decision.balance_change
-            refundables[row.account_id] -= decision.balance_change
-            if decision.ledger_kind is LedgerKind.PAYMENT:
-                paid[row.order_number] = -decision.balance_change
-            else:
-                refunded.add(row.order_number)
-            entries.append(
-                _entry(
-                    row.account_id,
-                    decision.ledger_kind,
-                    decision.balance_change,
-                    balances[row.account_id],
-                    row.order_number,
-                )
+        # With tracing on, the decision continues the trace its order event came in, and the
+        # payment result recorded under it carries that on (shared/tracing.py).
+        with tracing.span("billing decide", parent=row.trace_context, order_number=row.order_number):
+            event_type = OrderEventType(row.event_type)
+            exists = row.account_id in balances
+            # An order on an account its placer may not use is decided as if the account did not
+            # exist (issue 9). A refund needs no such check: it gives back only what the ledger
+            # charged this order, to the account it was charged to.
+            allowed = exists and (
+                event_type is OrderEventType.CANCELLED
+                or domain.may_order_on(owners[row.account_id], row.placed_by, row.placed_by_admin)
             )
-        result_id = uuid.uuid4()
-        results.append(
-            {
-                "b_event_id": row.event_id,
-                "b_status": decision.status.value,
-                "b_description": decision.description,
-                "b_result_event_id": result_id,
-            }
-        )
-        # The outcome is the account owner's to see, or, if refused, only its placer's.
-        owner_sub = owners[row.account_id] if allowed else row.placed_by
-        status, amount, description = decision.status, decision.amount, decision.description
-        events.append(_result(topic, row, result_id, status, amount, description, owner_sub, decided_at))
+            decision = domain.decide(
+                event_type,
+                account_id=row.account_id,
+                amount=row.amount,
+                balance=balances[row.account_id] if allowed else None,
+                paid=paid.get(row.order_number),
+                already_refunded=row.order_number in refunded,
+            )
+            given_back = decision.balance_change if decision.ledger_kind is LedgerKind.REFUND else Decimal(0)
+            decided.append(
+                Decided(event_type, decision.status, _seconds_between(row.occurred_at, decided_at), given_back)
+            )
+            if decision.ledger_kind is not None:
+                balances[row.account_id] += decision.balance_change
+                refundables[row.account_id] -= decision.balance_change
+                if decision.ledger_kind is LedgerKind.PAYMENT:
+                    paid[row.order_number] = -decision.balance_change
+                else:
+                    refunded.add(row.order_number)
+                entries.append(
+                    _entry(
+                        row.account_id,
+                        decision.ledger_kind,
+                        decision.balance_change,
+                        balances[row.account_id],
+                        row.order_number,
+                    )
+                )
+            result_id = uuid.uuid4()
+            results.append(
+                {
+                    "b_event_id": row.event_id,
+                    "b_status": decision.status.value,
+                    "b_description": decision.description,
+                    "b_result_event_id": result_id,
+                }
+            )
+            # The outcome is the account owner's to see, or, if refused, only its placer's.
+            owner_sub = owners[row.account_id] if allowed else row.placed_by
+            status, amount, description = decision.status, decision.amount, decision.description
+            events.append(_result(topic, row, result_id, status, amount, description, owner_sub, decided_at))
 
     if entries:
         await _write_ledger(conn, entries)

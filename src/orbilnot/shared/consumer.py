@@ -40,6 +40,7 @@ from prometheus_client import Counter, Gauge
 from pydantic import BaseModel, ValidationError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from orbilnot.shared import tracing
 from orbilnot.shared.db import database_is_up, is_transient, savepoint, transaction
 from orbilnot.shared.kafka import KafkaConnection, ProducerHandle, create_consumer, send_to_dead_letter
 from orbilnot.shared.retry import FailureTracker, backoff
@@ -246,7 +247,10 @@ class IdempotentConsumer(Generic[Event]):
     async def _handle_one(self, conn: AsyncConnection, record: ConsumerRecord, event: Event) -> None:
         token = consumed_record.set(record)  # the handler may read the message's headers
         try:
-            await self._handle(conn, event)
+            # With tracing on: a span per message, the child of its publish span, current while
+            # the handler runs, so what the handler records carries the trace on.
+            with tracing.consuming(record, self.group_id):
+                await self._handle(conn, event)
         finally:
             consumed_record.reset(token)
 
@@ -268,7 +272,7 @@ class IdempotentConsumer(Generic[Event]):
             log.error("%s[%d]@%d failed on its own: %s", record.topic, record.partition, record.offset, reason)
             if self._park is not None:
                 try:
-                    async with savepoint(conn):
+                    async with savepoint(conn), tracing.consuming(record, self.group_id):
                         parked += await self._park(conn, event, reason)
                     continue
                 except Exception as error:

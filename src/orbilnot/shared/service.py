@@ -28,6 +28,7 @@ from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import AsyncConnection
 from starlette.exceptions import HTTPException
 
+from orbilnot.shared import tracing
 from orbilnot.shared.auth import Authenticator, current_caller
 from orbilnot.shared.config import ServiceSettings
 from orbilnot.shared.consumer import IdempotentConsumer, Parker
@@ -58,6 +59,7 @@ class ServiceKernel:
         self.settings = settings
         self.service = service
         self.engine = create_engine(settings, application_name=f"orbilnot-{service}")
+        tracing.instrument_engine(self.engine)
         # Readiness asks the database through a connection of its own: under load every pooled
         # connection is in use, and a probe waiting for one would mark a busy pod unready (and
         # then the next one, as the load moves over). One more connection per pod, counted in the
@@ -320,4 +322,5 @@ def create_service_app(
 
     app.add_middleware(StripTrailingSlashMiddleware)
     app.add_middleware(RequestContextMiddleware)
+    tracing.instrument_service_app(app)  # outermost, so the request's logs carry its trace
     return app

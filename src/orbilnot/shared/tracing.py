@@ -1,0 +1,316 @@
+"""Tracing with OpenTelemetry: one trace per order, from the gateway through Kafka to the
+notification (README, "Tracing").
+
+Off unless the standard `OTEL_*` variables ask for it (`wanted`), and then nothing of
+OpenTelemetry is even imported: every hook below is a check of one module variable. On, `setup`
+builds the SDK from those variables (OTLP over HTTP/protobuf) and instruments what has a
+maintained instrumentation: the ASGI servers (FastAPI's for the services), httpx (the gateway's
+requests to the services) and SQLAlchemy (every statement). Kafka gets spans of our own, because
+the outbox splits a message's life in two:
+
+- a state change records its event in the outbox *with* the trace context of the moment
+  (`with_trace_context`, in `outbox.outbox_row`): the W3C `traceparent` in the row's `headers`;
+- the relay publishes the row later, in another task, under a `publish <topic>` span whose
+  parent is that stored context, and sends the span's own `traceparent` as a Kafka header
+  (`publishing`);
+- a consumer handles each message under a `process <topic>` span, the child of that header
+  (`consuming`), so whatever the handler writes (billing's inbox row, an outbox row) carries it on.
+
+aiokafka's instrumentation does not fit that: its send span is a child of whatever runs the send
+(the relay's loop, not the order), and its receive span ends when `getmany()` returns, before the
+handler has run in its transaction.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager, contextmanager, nullcontext
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from aiokafka.structs import ConsumerRecord
+    from opentelemetry.sdk.trace.sampling import Sampler
+    from opentelemetry.trace import Tracer
+    from sqlalchemy.ext.asyncio import AsyncEngine
+    from starlette.types import ASGIApp, Scope
+
+log = logging.getLogger(__name__)
+
+# Set by `setup` when tracing is on; None means off, and every function here returns at once.
+_tracer: Tracer | None = None
+
+# The headers the W3C propagator writes; a message's own are replaced by its publish span's.
+TRACE_HEADERS = ("traceparent", "tracestate")
+# Probes and scrapes every few seconds are not worth a trace each (OTEL_PYTHON_EXCLUDED_URLS
+# replaces this list).
+DEFAULT_EXCLUDED_URLS = "/health/live,/health/ready,/metrics"
+_OFF = nullcontext()
+
+
+class TracingConfigError(ValueError):
+    """An `OTEL_*` setting this process cannot honour."""
+
+
+def wanted(environ: Mapping[str, str] = os.environ) -> bool:
+    """True when the environment asks for traces: an OTLP endpoint or a traces exporter is named,
+    and `OTEL_SDK_DISABLED` is not true. Nothing set means off."""
+    if environ.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
+        return False
+    return any(
+        environ.get(name, "").strip()
+        for name in ("OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_TRACES_EXPORTER")
+    )
+
+
+def enabled() -> bool:
+    return _tracer is not None
+
+
+def setup(service: str, environ: Mapping[str, str] = os.environ) -> bool:
+    """Turn tracing on for this process if the environment asks for it; True if it did.
+
+    Called once, before the app is built. `OTEL_SERVICE_NAME` names the process (default
+    `orbilnot-<service>`); `OTEL_TRACES_SAMPLER`/`_ARG`, `OTEL_RESOURCE_ATTRIBUTES`, `OTEL_BSP_*`
+    and the `OTEL_EXPORTER_OTLP_*` settings are the SDK's own. `OTEL_TRACES_EXPORTER` may be `otlp`
+    (the default), `console` or `none` (spans made and propagated, sent nowhere).
+    """
+    global _tracer
+    if not wanted(environ):
+        return False
+    exporter_name = (environ.get("OTEL_TRACES_EXPORTER") or "otlp").strip().lower()
+    if exporter_name not in ("otlp", "console", "none"):
+        raise TracingConfigError(f"OTEL_TRACES_EXPORTER={exporter_name!r}: only otlp, console or none")
+    protocol = environ.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL") or environ.get("OTEL_EXPORTER_OTLP_PROTOCOL")
+    if exporter_name == "otlp" and protocol not in (None, "", "http/protobuf"):
+        raise TracingConfigError(f"OTEL_EXPORTER_OTLP_PROTOCOL={protocol!r}: only http/protobuf is supported")
+
+    from opentelemetry import trace
+    from opentelemetry.sdk.resources import SERVICE_NAME, Resource
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SpanExporter
+    from opentelemetry.sdk.trace.sampling import _get_from_env_or_default
+
+    # Given attributes win over OTEL_RESOURCE_ATTRIBUTES in Resource.create; OTEL_SERVICE_NAME
+    # must still win over our default.
+    name = environ.get("OTEL_SERVICE_NAME") or f"orbilnot-{service}"
+    provider = TracerProvider(
+        resource=Resource.create({SERVICE_NAME: name}),
+        sampler=_no_orphan_client_spans(_get_from_env_or_default()),
+    )
+    exporter: SpanExporter | None = None
+    if exporter_name == "otlp":
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+
+        exporter = OTLPSpanExporter()
+    elif exporter_name == "console":
+        exporter = ConsoleSpanExporter()
+    if exporter is not None:
+        provider.add_span_processor(BatchSpanProcessor(exporter))
+    trace.set_tracer_provider(provider)
+
+    from opentelemetry.instrumentation.httpx import HTTPXClientInstrumentor
+
+    HTTPXClientInstrumentor().instrument()
+    _tracer = trace.get_tracer("orbilnot")
+    log.info("tracing on: %s, exporter %s", name, exporter_name)
+    return True
+
+
+def _excluded_urls() -> str:
+    return os.environ.get("OTEL_PYTHON_EXCLUDED_URLS") or DEFAULT_EXCLUDED_URLS
+
+
+def instrument_service_app(app: Any) -> None:
+    """A service's FastAPI app: one server span per request, named by its route template."""
+    if _tracer is None:
+        return
+    from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
+
+    FastAPIInstrumentor.instrument_app(app, excluded_urls=_excluded_urls(), exclude_spans=["receive", "send"])
+
+
+def instrument_gateway_app(app: ASGIApp) -> ASGIApp:
+    """The gateway's app wrapped in the ASGI instrumentation: the root span of a client's request."""
+    if _tracer is None:
+        return app
+    from opentelemetry.instrumentation.asgi import OpenTelemetryMiddleware
+
+    return OpenTelemetryMiddleware(
+        app,
+        excluded_urls=_excluded_urls(),
+        default_span_details=_gateway_span_details,
+        exclude_spans=["receive", "send"],
+    )
+
+
+def _gateway_span_details(scope: Scope) -> tuple[str, dict[str, Any]]:
+    # Named by the prefix that picks the upstream ("POST /order"), not the full path: ids in
+    # span names make every trace look unique.
+    prefix = "/" + scope.get("path", "/").lstrip("/").split("/", 1)[0]
+    return f"{scope.get('method', 'HTTP')} {prefix}", {}
+
+
+def instrument_engine(engine: AsyncEngine) -> None:
+    """A span per SQL statement run through `engine` (the health checks' engine is left out)."""
+    if _tracer is None:
+        return
+    from opentelemetry.instrumentation.sqlalchemy import SQLAlchemyInstrumentor
+
+    SQLAlchemyInstrumentor().instrument(engine=engine.sync_engine, skip_dep_check=True)
+
+
+# -- the trace context, carried through the database and Kafka ----------------------------------
+
+
+def with_trace_context(headers: Mapping[str, str] | None) -> dict[str, str]:
+    """`headers` plus the current trace context (W3C), for a message to be sent later."""
+    carried = dict(headers or {})
+    if _tracer is not None:
+        from opentelemetry.propagate import inject
+
+        inject(carried)
+    return carried
+
+
+def current_context() -> dict[str, str] | None:
+    """The current trace context as W3C headers, to store with work another task will do; None
+    when off or outside any span."""
+    if _tracer is None:
+        return None
+    return with_trace_context(None) or None
+
+
+def current_ids() -> tuple[str, str] | None:
+    """(trace id, span id) in hex of the current span, for log lines; None when off or outside one."""
+    if _tracer is None:
+        return None
+    from opentelemetry.trace import get_current_span
+
+    context = get_current_span().get_span_context()
+    if not context.is_valid:
+        return None
+    return f"{context.trace_id:032x}", f"{context.span_id:016x}"
+
+
+def span(name: str, *, parent: Mapping[str, str] | None = None, **attributes: Any) -> AbstractContextManager[Any]:
+    """An internal span around a step, made current; `parent` is a stored context (W3C headers)
+    when the step continues a trace in another task, else the current span is the parent."""
+    if _tracer is None:
+        return _OFF
+    from opentelemetry.propagate import extract
+
+    context = extract(parent) if parent is not None else None
+    return _tracer.start_as_current_span(name, context=context, attributes=_clean(attributes))
+
+
+def consuming(record: ConsumerRecord, group: str) -> AbstractContextManager[Any]:
+    """The `process <topic>` span of one consumed message, current while its handler runs: the
+    child of the publish span whose `traceparent` the message carries."""
+    if _tracer is None:
+        return _OFF
+    from opentelemetry.propagate import extract
+    from opentelemetry.trace import SpanKind
+
+    carrier = {key: value.decode("latin-1") for key, value in (record.headers or ()) if key in TRACE_HEADERS}
+    return _tracer.start_as_current_span(
+        f"process {record.topic}",
+        context=extract(carrier),
+        kind=SpanKind.CONSUMER,
+        attributes={
+            "messaging.system": "kafka",
+            "messaging.operation.type": "process",
+            "messaging.destination.name": record.topic,
+            "messaging.consumer.group.name": group,
+            "messaging.destination.partition.id": str(record.partition),
+            "messaging.kafka.offset": record.offset,
+        },
+    )
+
+
+@contextmanager
+def publishing(messages: Sequence[tuple[str, str, Mapping[str, Any]]]) -> Iterator[list[dict[str, str]]]:
+    """The headers to send with each (topic, key, stored headers), while their `publish <topic>`
+    spans are open: from the send until the broker's ack, or the error that ends the block.
+
+    Each span's parent is the context stored with its outbox row, so a batch of rows from many
+    orders yields spans in as many traces; the `traceparent` sent is the publish span's own.
+    """
+    if _tracer is None:
+        yield [{name: str(value) for name, value in headers.items()} for _, _, headers in messages]
+        return
+    from opentelemetry.propagate import extract, inject
+    from opentelemetry.trace import SpanKind, Status, StatusCode, set_span_in_context
+
+    spans = []
+    outgoing = []
+    for topic, key, headers in messages:
+        stored = {name: str(value) for name, value in headers.items()}
+        publish = _tracer.start_span(
+            f"publish {topic}",
+            context=extract(stored),
+            kind=SpanKind.PRODUCER,
+            attributes={
+                "messaging.system": "kafka",
+                "messaging.operation.type": "send",
+                "messaging.destination.name": topic,
+                "messaging.kafka.message.key": key,
+            },
+        )
+        sent = {name: value for name, value in stored.items() if name not in TRACE_HEADERS}
+        inject(sent, context=set_span_in_context(publish))
+        spans.append(publish)
+        outgoing.append(sent)
+    try:
+        yield outgoing
+    except BaseException as error:
+        for publish in spans:
+            publish.record_exception(error)
+            publish.set_status(Status(StatusCode.ERROR, repr(error)[:200]))
+        raise
+    finally:
+        for publish in spans:
+            publish.end()
+
+
+def _clean(attributes: Mapping[str, Any]) -> dict[str, Any]:
+    """Span attributes must be str, bool, int or float: ids and amounts become strings."""
+    return {
+        f"orbilnot.{name}": value if isinstance(value, str | bool | int | float) else str(value)
+        for name, value in attributes.items()
+        if value is not None
+    }
+
+
+def _no_orphan_client_spans(inner: Sampler) -> Sampler:
+    """The configured sampler, except that a client span with no parent is dropped.
+
+    The relay's claims, the processor's polls and the readiness probes run SQL outside any request
+    or message; a trace of one statement each, every few hundred milliseconds, would bury the
+    traces of orders. Server, consumer, producer and internal spans are sampled as configured.
+    """
+    from opentelemetry.context import Context
+    from opentelemetry.sdk.trace.sampling import Decision, Sampler, SamplingResult
+    from opentelemetry.trace import Link, SpanKind, TraceState, get_current_span
+    from opentelemetry.util.types import Attributes
+
+    class NoOrphanClientSpans(Sampler):
+        def should_sample(
+            self,
+            parent_context: Context | None,
+            trace_id: int,
+            name: str,
+            kind: SpanKind | None = None,
+            attributes: Attributes = None,
+            links: Sequence[Link] | None = None,
+            trace_state: TraceState | None = None,
+        ) -> SamplingResult:
+            if kind is SpanKind.CLIENT and not get_current_span(parent_context).get_span_context().is_valid:
+                return SamplingResult(Decision.DROP)
+            return inner.should_sample(parent_context, trace_id, name, kind, attributes, links, trace_state)
+
+        def get_description(self) -> str:
+            return f"NoOrphanClientSpans({inner.get_description()})"
+
+    return NoOrphanClientSpans()
