@@ -412,11 +412,16 @@ async def _park(conn: AsyncConnection, row: Row[Any], error: BaseException, topi
     description = domain.parked_description(event_type)
     # Whose the outcome is was not decided (the failure may be the account's): only the placer's.
     parked_at = datetime.now(UTC)
-    await record(
-        conn,
-        outbox,
-        [_result(topic, row, result_id, OrderEventStatus.PARKED, row.amount, description, row.placed_by, parked_at)],
-    )
+    with tracing.span("billing park", parent=row.trace_context, order_number=row.order_number):
+        await record(
+            conn,
+            outbox,
+            [
+                _result(
+                    topic, row, result_id, OrderEventStatus.PARKED, row.amount, description, row.placed_by, parked_at
+                )
+            ],
+        )
     # At the transaction's own level (no savepoint of ours is open here).
     _count_once_committed(
         conn, [Decided(event_type, OrderEventStatus.PARKED, _seconds_between(row.occurred_at, parked_at))]
