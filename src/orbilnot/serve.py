@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import signal
 import sys
 from collections.abc import Callable
@@ -58,6 +59,8 @@ def serve(service: str, host: str, port: int) -> int:
     logging_settings = ProcessSettings()
     configure_logging(logging_settings.log_level, logging_settings.log_format, service=service)
     name_process(service)
+    if tracing.enabled():
+        logging.getLogger(__name__).info("tracing on (OTEL_* settings): spans are exported")
     # uvicorn handles SIGTERM (a graceful shutdown), then restores the handler it found and raises
     # the signal again, so with the default handler a clean stop ended as "killed by SIGTERM"
     # (exit status -15/143). Supervisors read that as a crash: exit 0 instead. (A SIGTERM before

@@ -72,13 +72,16 @@ def test_one_order_is_one_trace_from_the_gateway_to_the_notification(
         ("order", f"process {payment_topic}"),
         ("notification", f"process {payment_topic}"),
     ]
+
     # The exporters send in batches, each process on its own: wait until every part has come in.
-    trace = eventually_sync(
-        lambda: order_trace(receiver.spans),
-        lambda spans: all(named(spans, service, name) for service, name in wanted),
-        timeout_s=30,
-        what="the order's trace, complete",
-    )
+    def complete(spans: list[ReceivedSpan]) -> bool:
+        return all(named(spans, service, name) for service, name in wanted)
+
+    try:
+        trace = eventually_sync(lambda: order_trace(receiver.spans), complete, timeout_s=60, what="the trace")
+    except AssertionError as error:
+        received = sorted({(s.service, s.name, s.parent_id is None) for s in receiver.spans})
+        raise AssertionError(f"{error}\nreceived (service, span, is root): {received}") from None
 
     def the(service: str, name: str) -> ReceivedSpan:
         found = named(trace, service, name)
