@@ -302,7 +302,9 @@ def main(argv: list[str]) -> int:
             if receiver is not None:
                 orders = sum(p.placed for p in report.phases)
                 report.notes.append(
-                    f"tracing on (OTLP/HTTP, every span sampled): {receiver.count:,} spans received, "
+                    f"tracing on (OTLP/HTTP, OTEL_TRACES_SAMPLER="
+                    f"{os.environ.get('OTEL_TRACES_SAMPLER', 'parentbased_always_on')}"
+                    f"{' ' + os.environ.get('OTEL_TRACES_SAMPLER_ARG', '')}): {receiver.count:,} spans received, "
                     f"{receiver.count / max(orders, 1):.1f} per order placed"
                 )
     except KeyboardInterrupt:
