@@ -94,14 +94,14 @@ def setup(service: str, environ: Mapping[str, str] = os.environ) -> bool:
     from opentelemetry.sdk.resources import SERVICE_NAME, Resource
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SpanExporter
-    from opentelemetry.sdk.trace.sampling import _get_from_env_or_default
 
     # Given attributes win over OTEL_RESOURCE_ATTRIBUTES in Resource.create; OTEL_SERVICE_NAME
     # must still win over our default.
     name = environ.get("OTEL_SERVICE_NAME") or f"orbilnot-{service}"
+    # The sampler OTEL_TRACES_SAMPLER names, as the SDK builds it for a provider given none.
+    configured = TracerProvider(shutdown_on_exit=False).sampler
     provider = TracerProvider(
-        resource=Resource.create({SERVICE_NAME: name}),
-        sampler=_no_orphan_client_spans(_get_from_env_or_default()),
+        resource=Resource.create({SERVICE_NAME: name}), sampler=_no_orphan_client_spans(configured)
     )
     exporter: SpanExporter | None = None
     if exporter_name == "otlp":
