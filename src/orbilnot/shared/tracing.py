@@ -122,6 +122,19 @@ def setup(service: str, environ: Mapping[str, str] = os.environ) -> bool:
     return True
 
 
+def shutdown() -> None:
+    """Send the spans still buffered (the SDK's own exit hook does not run when a process leaves
+    with os._exit, serve.py)."""
+    if _tracer is None:
+        return
+    from opentelemetry import trace
+
+    provider = trace.get_tracer_provider()
+    shutdown_provider = getattr(provider, "shutdown", None)
+    if shutdown_provider is not None:
+        shutdown_provider()
+
+
 def _excluded_urls() -> str:
     return os.environ.get("OTEL_PYTHON_EXCLUDED_URLS") or DEFAULT_EXCLUDED_URLS
 
