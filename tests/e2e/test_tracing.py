@@ -80,8 +80,18 @@ def test_one_order_is_one_trace_from_the_gateway_to_the_notification(
     try:
         trace = eventually_sync(lambda: order_trace(receiver.spans), complete, timeout_s=60, what="the trace")
     except AssertionError as error:
-        received = sorted({(s.service, s.name, s.parent_id is None) for s in receiver.spans})
-        raise AssertionError(f"{error}\nreceived (service, span, is root): {received}") from None
+        spans = receiver.spans
+        by_id = {s.span_id: s for s in spans}
+        received = sorted({(s.service, s.name, s.parent_id is None) for s in spans})
+        parents = [
+            (s.name, s.trace_id, s.parent_id, getattr(by_id.get(s.parent_id or ""), "name", "not received"))
+            for s in spans
+            if s.service == "orbilnot-gateway" and s.kind == "server"
+        ]
+        raise AssertionError(
+            f"{error}\nreceived (service, span, is root): {received}\n"
+            f"the gateway's requests (name, trace, parent id, parent's name): {parents}"
+        ) from None
 
     def the(service: str, name: str) -> ReceivedSpan:
         found = named(trace, service, name)
