@@ -272,8 +272,9 @@ class IdempotentConsumer(Generic[Event]):
             log.error("%s[%d]@%d failed on its own: %s", record.topic, record.partition, record.offset, reason)
             if self._park is not None:
                 try:
-                    async with savepoint(conn), tracing.consuming(record, self.group_id):
-                        parked += await self._park(conn, event, reason)
+                    async with savepoint(conn):
+                        with tracing.consuming(record, self.group_id):  # its answer continues the trace
+                            parked += await self._park(conn, event, reason)
                     continue
                 except Exception as error:
                     await self._raise_if_outage(error)
