@@ -114,11 +114,16 @@ def up(*, auth: bool = False) -> int:
         urls = {service: f"http://127.0.0.1:{_port(service)}" for service in (*SERVICES, "gateway")}
         for service in SERVICES:
             processes.append(spawn(service, _port(service), env))
-        processes.append(spawn("gateway", _port("gateway"), local_gateway_env(env, urls)))
-        for (service, url), process in zip(urls.items(), processes, strict=True):
-            if not wait_ready(url, process):
+        # The gateway once the services are ready: they create the topics, which the console's
+        # feed in the gateway reads (started before, it logged "topic not found" at ERROR).
+        for service, process in zip(SERVICES, processes, strict=True):
+            if not wait_ready(urls[service], process):
                 print(f"{service} did not become ready; stopping", file=sys.stderr)
                 return 1
+        processes.append(spawn("gateway", _port("gateway"), local_gateway_env(env, urls)))
+        if not wait_ready(urls["gateway"], processes[-1]):
+            print("gateway did not become ready; stopping", file=sys.stderr)
+            return 1
         print("\norbilnot is up:")
         for service, url in urls.items():
             print(f"  {service:<13} {url}")
