@@ -69,7 +69,7 @@ def serve(service: str, host: str, port: int) -> int:
     signal.signal(signal.SIGTERM, _exit_cleanly)
     try:
         uvicorn.run(
-            factory(),
+            tracing.isolate_requests(factory()),
             host=host,
             port=port,
             log_config=None,  # keep our logging set-up
