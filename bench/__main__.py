@@ -1,6 +1,6 @@
 """`make bench` (`python -m bench`): the stack on its own PostgreSQL and Kafka, measured.
 
-    python -m bench [--profile] [--rates 50,200,500] [--connections 8,32,128] ...
+    python -m bench [--profile] [--tracing] [--rates 50,200,500] [--connections 8,32,128] ...
 
 Phases, one after the other, after a short warm-up:
   1. open loop at each of `--rates` for `--open-seconds`: orders leave on schedule whatever the
@@ -11,7 +11,8 @@ Phases, one after the other, after a short warm-up:
   3. the ceiling: the same closed loop against a bare FastAPI endpoint on the same machine.
 For each phase, the CPU time every process spent per order (/proc) and its memory. With
 `--profile`, py-spy records each Python process during the last closed-loop phase. PostgreSQL's
-statements (pg_stat_statements) are counted over the closed-loop phases.
+statements (pg_stat_statements) are counted over the closed-loop phases. With `--tracing`, the
+services trace every order and export the spans to a receiver in this process that counts them.
 
 Prints one table; writes it with the plots under bench-results/ (table.md, results.json,
 latency-vs-rate.png, throughput-vs-connections.png, profiles/, logs/).
@@ -27,6 +28,7 @@ import platform
 import signal
 import sys
 import time
+from contextlib import nullcontext
 from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
@@ -37,6 +39,7 @@ import httpx
 
 from bench import database, procstat
 from bench.loadgen import LoadResult, LoadSpec, load_result
+from bench.otlp import OtlpReceiver
 from bench.profiling import Recording, hotspots
 from bench.report import PROCESSES, PhaseResult, Report, StatementRow, percentiles, statements_table, text_table, write
 from bench.report import hotspots_table as format_hotspots
@@ -70,6 +73,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--ceiling-seconds", type=float, default=4.0, help="length of each ceiling phase")
     parser.add_argument("--max-connections", type=int, default=512, help="open loop: most connections at once")
     parser.add_argument("--profile", action="store_true", help="py-spy on each Python process (last closed loop)")
+    parser.add_argument(
+        "--tracing",
+        action="store_true",
+        help="tracing on: the services export every span over OTLP/HTTP to a receiver here that counts them",
+    )
     parser.add_argument("--results", type=Path, default=REPO / "bench-results")
     parser.add_argument("--kafka-lib", type=Path, default=REPO / ".orbilnot" / "kafka-lib")
     return parser.parse_args(argv)
@@ -283,10 +291,22 @@ def main(argv: list[str]) -> int:
     args.results.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
     print(f"starting PostgreSQL, Kafka and the services (logs in {args.results / 'logs'}) …", flush=True)
+    # --tracing: the exporters' whole cost is in the services' CPU, none of a collector's; the
+    # receiver (a thread of this process) only decodes and counts.
+    receiver = OtlpReceiver(keep=False) if args.tracing else None
+    tracing_env = {"OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint} if receiver else {}
     try:
-        with running_stack(args.results, args.kafka_lib) as stack:
+        with receiver or nullcontext(), running_stack(args.results, args.kafka_lib, tracing_env) as stack:
             print("ready after spawn: " + ", ".join(f"{n} {s:.2f} s" for n, s in stack.ready_s.items()), flush=True)
             report = asyncio.run(measure(stack, args))
+            if receiver is not None:
+                orders = sum(p.placed for p in report.phases)
+                report.notes.append(
+                    f"tracing on (OTLP/HTTP, OTEL_TRACES_SAMPLER="
+                    f"{os.environ.get('OTEL_TRACES_SAMPLER', 'parentbased_always_on')}"
+                    f"{' ' + os.environ.get('OTEL_TRACES_SAMPLER_ARG', '')}): {receiver.count:,} spans received, "
+                    f"{receiver.count / max(orders, 1):.1f} per order placed"
+                )
     except KeyboardInterrupt:
         print("\ninterrupted: everything the benchmark started is stopped", file=sys.stderr)
         return 130

@@ -124,7 +124,7 @@ async def _preload_pg_stat_statements(stack: BenchStack) -> None:
 
 
 @contextmanager
-def running_stack(results: Path, kafka_lib: Path) -> Iterator[BenchStack]:
+def running_stack(results: Path, kafka_lib: Path, extra_env: dict[str, str] | None = None) -> Iterator[BenchStack]:
     root = Path(tempfile.mkdtemp(prefix="orbilnot-bench-"))
     logs = results / "logs"
     shutil.rmtree(logs, ignore_errors=True)
@@ -155,6 +155,7 @@ def running_stack(results: Path, kafka_lib: Path) -> Iterator[BenchStack]:
             **{f"{service.upper()}_DATABASE_URL": stack.postgres.service_url(service) for service in SERVICES},
             "KAFKA_BOOTSTRAP_SERVERS": stack.kafka.bootstrap_servers,
             "LOG_LEVEL": "WARNING",
+            **(extra_env or {}),
         }
         serve = [sys.executable, "-m", "orbilnot.cli", "serve"]
         for service, port in zip(SERVICES, ports, strict=False):

@@ -13,7 +13,9 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Callable
 from types import FrameType
 
 import httpx
@@ -33,7 +35,20 @@ def _port(service: str) -> int:
 def spawn(service: str, port: int, env: dict[str, str]) -> subprocess.Popen[bytes]:
     """One `orbilnot serve` process."""
     command = [sys.executable, "-m", "orbilnot.cli", "serve", service, "--port", str(port)]
-    return subprocess.Popen(command, env=env)
+    # A process group of its own: Ctrl-C in a terminal signals the whole foreground group, and a
+    # service that got that SIGINT and then up's SIGTERM took the second signal as "force quit"
+    # (a traceback, and in-hand work cut short). Only `up` decides when and how its processes stop.
+    return subprocess.Popen(command, env=env, process_group=0)
+
+
+def local_gateway_env(env: dict[str, str], urls: dict[str, str]) -> dict[str, str]:
+    """The gateway as `up` runs it: on one machine, for one person, who pressed Ctrl-C to stop.
+
+    The gateway's shutdown drain (3 s for an idle keep-alive connection, serve.py) is for a load
+    balancer's rolling update, where another replica takes the next request; here there is none,
+    and the browser's or curl's idle connection would hold the whole stop for those 3 s (and the
+    services behind it, whose idle connections the gateway holds until it exits)."""
+    return {"HTTP_SHUTDOWN_DRAIN_S": "0.2", **gateway_env(env, urls)}
 
 
 def gateway_env(env: dict[str, str], urls: dict[str, str]) -> dict[str, str]:
@@ -99,11 +114,16 @@ def up(*, auth: bool = False) -> int:
         urls = {service: f"http://127.0.0.1:{_port(service)}" for service in (*SERVICES, "gateway")}
         for service in SERVICES:
             processes.append(spawn(service, _port(service), env))
-        processes.append(spawn("gateway", _port("gateway"), gateway_env(env, urls)))
-        for (service, url), process in zip(urls.items(), processes, strict=True):
-            if not wait_ready(url, process):
+        # The gateway once the services are ready: they create the topics, which the console's
+        # feed in the gateway reads (started before, it logged "topic not found" at ERROR).
+        for service, process in zip(SERVICES, processes, strict=True):
+            if not wait_ready(urls[service], process):
                 print(f"{service} did not become ready; stopping", file=sys.stderr)
                 return 1
+        processes.append(spawn("gateway", _port("gateway"), local_gateway_env(env, urls)))
+        if not wait_ready(urls["gateway"], processes[-1]):
+            print("gateway did not become ready; stopping", file=sys.stderr)
+            return 1
         print("\norbilnot is up:")
         for service, url in urls.items():
             print(f"  {service:<13} {url}")
@@ -124,9 +144,15 @@ def up(*, auth: bool = False) -> int:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         stop_processes(processes)
-        if "postgres" in started:
-            infra.postgres.stop()
-        if "kafka" in started:
-            infra.kafka.stop()
-        if "keycloak" in started:
-            infra.keycloak.stop()
+        # Side by side: each takes a second or two to stop cleanly, and nothing is left to need
+        # one while another stops.
+        stops: dict[str, Callable[[], None]] = {
+            "postgres": infra.postgres.stop,
+            "kafka": infra.kafka.stop,
+            "keycloak": infra.keycloak.stop,
+        }
+        threads = [threading.Thread(target=stops[name], name=f"stop {name}") for name in started if name in stops]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()

@@ -22,8 +22,9 @@ from orbilnot.billing import domain
 from orbilnot.billing.domain import AccountAction, LedgerKind, OrderEventStatus
 from orbilnot.billing.tables import accounts, ledger, order_events, outbox
 from orbilnot.model import OrderEvent, OrderEventType, PaymentEvent
+from orbilnot.shared import tracing
 from orbilnot.shared.auth import Caller
-from orbilnot.shared.consumer import PARKED
+from orbilnot.shared.consumer import PARKED, consumed_trace_context
 from orbilnot.shared.db import after_commit, insert_rows, is_transient, unnest_rows
 from orbilnot.shared.errors import NotFound
 from orbilnot.shared.observability import FLOW_LATENCY_BUCKETS, ORDER_CREATED_AT_HEADER
@@ -161,6 +162,9 @@ async def receive_order_events(conn: AsyncConnection, events: Sequence[OrderEven
             "placed_by": event.placed_by,
             "placed_by_admin": event.placed_by_admin,
             "status": OrderEventStatus.RECEIVED.value,
+            # With tracing on, the context of this message's consume span, so the decision,
+            # made later by the processor, continues the order's trace.
+            "trace_context": consumed_trace_context(event),
         }
         for event in events
     ]
@@ -326,54 +330,59 @@ async def _decide(conn: AsyncConnection, rows: Sequence[Row[Any]], topic: str) -
     events: list[dict[str, Any]] = []
     decided: list[Decided] = []
     for row in rows:
-        event_type = OrderEventType(row.event_type)
-        exists = row.account_id in balances
-        # An order on an account its placer may not use is decided as if the account did not
-        # exist (issue 9). A refund needs no such check: it gives back only what the ledger
-        # charged this order, to the account it was charged to.
-        allowed = exists and (
-            event_type is OrderEventType.CANCELLED
-            or domain.may_order_on(owners[row.account_id], row.placed_by, row.placed_by_admin)
-        )
-        decision = domain.decide(
-            event_type,
-            account_id=row.account_id,
-            amount=row.amount,
-            balance=balances[row.account_id] if allowed else None,
-            paid=paid.get(row.order_number),
-            already_refunded=row.order_number in refunded,
-        )
-        given_back = decision.balance_change if decision.ledger_kind is LedgerKind.REFUND else Decimal(0)
-        decided.append(Decided(event_type, decision.status, _seconds_between(row.occurred_at, decided_at), given_back))
-        if decision.ledger_kind is not None:
-            balances[row.account_id] += decision.balance_change
-            refundables[row.account_id] -= decision.balance_change
-            if decision.ledger_kind is LedgerKind.PAYMENT:
-                paid[row.order_number] = -decision.balance_change
-            else:
-                refunded.add(row.order_number)
-            entries.append(
-                _entry(
-                    row.account_id,
-                    decision.ledger_kind,
-                    decision.balance_change,
-                    balances[row.account_id],
-                    row.order_number,
-                )
+        # With tracing on, the decision continues the trace its order event came in, and the
+        # payment result recorded under it carries that on (shared/tracing.py).
+        with tracing.span("billing decide", parent=row.trace_context, order_number=row.order_number):
+            event_type = OrderEventType(row.event_type)
+            exists = row.account_id in balances
+            # An order on an account its placer may not use is decided as if the account did not
+            # exist (issue 9). A refund needs no such check: it gives back only what the ledger
+            # charged this order, to the account it was charged to.
+            allowed = exists and (
+                event_type is OrderEventType.CANCELLED
+                or domain.may_order_on(owners[row.account_id], row.placed_by, row.placed_by_admin)
             )
-        result_id = uuid.uuid4()
-        results.append(
-            {
-                "event_id": row.event_id,
-                "status": decision.status.value,
-                "description": decision.description,
-                "result_event_id": result_id,
-            }
-        )
-        # The outcome is the account owner's to see, or, if refused, only its placer's.
-        owner_sub = owners[row.account_id] if allowed else row.placed_by
-        status, amount, description = decision.status, decision.amount, decision.description
-        events.append(_result(topic, row, result_id, status, amount, description, owner_sub, decided_at))
+            decision = domain.decide(
+                event_type,
+                account_id=row.account_id,
+                amount=row.amount,
+                balance=balances[row.account_id] if allowed else None,
+                paid=paid.get(row.order_number),
+                already_refunded=row.order_number in refunded,
+            )
+            given_back = decision.balance_change if decision.ledger_kind is LedgerKind.REFUND else Decimal(0)
+            decided.append(
+                Decided(event_type, decision.status, _seconds_between(row.occurred_at, decided_at), given_back)
+            )
+            if decision.ledger_kind is not None:
+                balances[row.account_id] += decision.balance_change
+                refundables[row.account_id] -= decision.balance_change
+                if decision.ledger_kind is LedgerKind.PAYMENT:
+                    paid[row.order_number] = -decision.balance_change
+                else:
+                    refunded.add(row.order_number)
+                entries.append(
+                    _entry(
+                        row.account_id,
+                        decision.ledger_kind,
+                        decision.balance_change,
+                        balances[row.account_id],
+                        row.order_number,
+                    )
+                )
+            result_id = uuid.uuid4()
+            results.append(
+                {
+                    "event_id": row.event_id,
+                    "status": decision.status.value,
+                    "description": decision.description,
+                    "result_event_id": result_id,
+                }
+            )
+            # The outcome is the account owner's to see, or, if refused, only its placer's.
+            owner_sub = owners[row.account_id] if allowed else row.placed_by
+            status, amount, description = decision.status, decision.amount, decision.description
+            events.append(_result(topic, row, result_id, status, amount, description, owner_sub, decided_at))
 
     if entries:
         await _write_ledger(conn, entries)
@@ -416,11 +425,16 @@ async def _park(conn: AsyncConnection, row: Row[Any], error: BaseException, topi
     description = domain.parked_description(event_type)
     # Whose the outcome is was not decided (the failure may be the account's): only the placer's.
     parked_at = datetime.now(UTC)
-    await record(
-        conn,
-        outbox,
-        [_result(topic, row, result_id, OrderEventStatus.PARKED, row.amount, description, row.placed_by, parked_at)],
-    )
+    with tracing.span("billing park", parent=row.trace_context, order_number=row.order_number):
+        await record(
+            conn,
+            outbox,
+            [
+                _result(
+                    topic, row, result_id, OrderEventStatus.PARKED, row.amount, description, row.placed_by, parked_at
+                )
+            ],
+        )
     # At the transaction's own level (no savepoint of ours is open here).
     _count_once_committed(
         conn, [Decided(event_type, OrderEventStatus.PARKED, _seconds_between(row.occurred_at, parked_at))]

@@ -18,6 +18,7 @@ from sqlalchemy import (
     func,
     text,
 )
+from sqlalchemy.dialects.postgresql import JSONB
 
 from orbilnot.shared.money import MAX_MONEY
 from orbilnot.shared.outbox import outbox_table
@@ -85,6 +86,9 @@ order_events = Table(
     Column("result_event_id", Uuid, unique=True),
     Column("received_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
     Column("processed_at", DateTime(timezone=True)),
+    # With tracing on, the trace context the event came with ({traceparent: …}), so the decision,
+    # made later by the processor, continues the order's trace (shared/tracing.py).
+    Column("trace_context", JSONB),
     CheckConstraint(
         "status IN ('RECEIVED','PAYMENT_CONFIRMED','PAYMENT_DENIED','REFUNDED','PARKED')",
         name="order_event_status_known",

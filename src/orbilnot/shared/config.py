@@ -46,6 +46,9 @@ class HttpLimitSettings(BaseSettings):
     # An idle keep-alive connection is closed after this; unset, each process keeps its own
     # default (serve.py: 75 s for the gateway, 3 s for a service).
     keep_alive_s: int | None = Field(default=None, ge=1)
+    # On shutdown, an idle keep-alive connection is kept this long (at most) for a request a
+    # client may already be sending on it (serve.py, DrainingHttpProtocol); unset: 3 s.
+    shutdown_drain_s: float | None = Field(default=None, ge=0, le=30)
 
     def with_room_for_forwarding(self) -> HttpLimitSettings:
         """A service's limits: a request the gateway let through still fits once the gateway has

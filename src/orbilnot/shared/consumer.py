@@ -41,6 +41,7 @@ from prometheus_client import Counter, Gauge
 from pydantic import BaseModel, ValidationError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from orbilnot.shared import tracing
 from orbilnot.shared.db import database_is_up, is_transient, savepoint, transaction
 from orbilnot.shared.kafka import KafkaConnection, ProducerHandle, create_consumer, send_to_dead_letter
 from orbilnot.shared.retry import FailureTracker, backoff
@@ -67,6 +68,7 @@ Parker = Callable[[AsyncConnection, Event, str], Awaitable[bool]]
 before (a redelivered copy of a parked event is counted once)."""
 
 _consumed_records: ContextVar[dict[int, ConsumerRecord] | None] = ContextVar("consumed_records", default=None)
+_consumed_contexts: ContextVar[dict[int, dict[str, str] | None] | None] = ContextVar("consumed_contexts", default=None)
 
 
 def consumed_record(event: BaseModel) -> ConsumerRecord | None:
@@ -74,6 +76,14 @@ def consumed_record(event: BaseModel) -> ConsumerRecord | None:
     anywhere else): for what travels beside the event (headers)."""
     records = _consumed_records.get()
     return None if records is None else records.get(id(event))
+
+
+def consumed_trace_context(event: BaseModel) -> dict[str, str] | None:
+    """The trace context (W3C headers) of `event`'s `process <topic>` span, while the handler
+    given its batch runs: to store with work another task does for it later. None when tracing is
+    off, and anywhere else."""
+    contexts = _consumed_contexts.get()
+    return None if contexts is None else contexts.get(id(event))
 
 
 class DatabaseDown(Exception):
@@ -254,7 +264,17 @@ class IdempotentConsumer(Generic[Event]):
         # The handler may read each message's headers (`consumed_record`).
         token = _consumed_records.set({id(event): record for record, event in events})
         try:
-            await self._handle(conn, [event for _, event in events])
+            # With tracing on: a span per message, the child of its publish span, open while the
+            # handler stores the batch; what the handler records for an event carries that
+            # event's span on (`consumed_trace_context`).
+            with tracing.consuming_batch([record for record, _ in events], self.group_id) as contexts:
+                trace_token = _consumed_contexts.set(
+                    {id(event): context for (_, event), context in zip(events, contexts, strict=True)}
+                )
+                try:
+                    await self._handle(conn, [event for _, event in events])
+                finally:
+                    _consumed_contexts.reset(trace_token)
         finally:
             _consumed_records.reset(token)
 
@@ -277,7 +297,8 @@ class IdempotentConsumer(Generic[Event]):
             if self._park is not None:
                 try:
                     async with savepoint(conn):
-                        parked += await self._park(conn, event, reason)
+                        with tracing.consuming(record, self.group_id):  # its answer continues the trace
+                            parked += await self._park(conn, event, reason)
                     continue
                 except Exception as error:
                     await self._raise_if_outage(error)

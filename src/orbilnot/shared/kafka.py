@@ -7,6 +7,7 @@ SASL with PLAIN or SCRAM-SHA-512, over TLS or not).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -14,6 +15,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import KafkaError
 from aiokafka.helpers import create_ssl_context
 from aiokafka.structs import ConsumerRecord
 
@@ -179,6 +181,35 @@ async def ensure_topics(
             if code not in (0, TOPIC_ALREADY_EXISTS):
                 raise RuntimeError(f"could not create topic {name}: error code {code}")
         log.info("created topics %s", ", ".join(t.name for t in missing))
+    finally:
+        await admin.close()
+
+
+async def wait_for_group_coordinator(kafka: KafkaConnection | str, group_id: str, *, timeout_s: float = 30.0) -> None:
+    """Return once the broker names a coordinator for `group_id`, or after `timeout_s`.
+
+    A broker that has just started has no group coordinator until its `__consumer_offsets` topic
+    is up (the first lookup creates it), and a consumer started before then logs each failed
+    lookup at ERROR (aiokafka's group_coordinator) though it only retries. Waiting here keeps a
+    normal start free of those; past `timeout_s` the consumer starts anyway, and its errors then
+    say something real.
+    """
+    admin = AIOKafkaAdminClient(**as_connection(kafka).client_options(), client_id="orbilnot-admin")
+    await admin.start()
+    try:
+        deadline = asyncio.get_running_loop().time() + timeout_s
+        pause_s = 0.05
+        while True:
+            try:
+                await admin.find_coordinator(group_id)
+                return
+            except KafkaError as error:
+                if not error.retriable or asyncio.get_running_loop().time() + pause_s > deadline:
+                    log.warning("no group coordinator for %s yet (%r); starting the consumer anyway", group_id, error)
+                    return
+                log.debug("no group coordinator for %s yet (%r)", group_id, error)
+            await asyncio.sleep(pause_s)
+            pause_s = min(pause_s * 2, 1.0)
     finally:
         await admin.close()
 

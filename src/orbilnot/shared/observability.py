@@ -1,7 +1,8 @@
 """Logs, request ids, metrics and health: the same for every process.
 
 - One JSON object per log line (or plain text for a local console), carrying the request id of
-  the HTTP request being served, so a request can be followed from the gateway to a service.
+  the HTTP request being served, so a request can be followed from the gateway to a service, and
+  with tracing on, the current span's `trace_id` and `span_id` (shared/tracing.py).
 - `/health/live`, `/health/ready` and `/metrics` at the root of every app.
 """
 
@@ -20,6 +21,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from orbilnot.shared import tracing
 
 REQUEST_ID_HEADER = "X-Request-ID"
 request_id_var: ContextVar[str | None] = ContextVar("request_id", default=None)
@@ -88,6 +91,9 @@ class JsonFormatter(logging.Formatter):
         request_id = request_id_var.get()
         if request_id:
             entry["requestId"] = request_id
+        ids = tracing.current_ids()  # None unless tracing is on and a span is current
+        if ids is not None:
+            entry["trace_id"], entry["span_id"] = ids
         extra = getattr(record, "fields", None)
         if isinstance(extra, dict):
             entry.update(extra)

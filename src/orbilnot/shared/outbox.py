@@ -43,6 +43,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from orbilnot.shared import tracing
 from orbilnot.shared.db import insert_rows
 
 
@@ -77,7 +78,9 @@ def outbox_row(
         "topic": topic,
         "key": key,
         "value": value.decode(),
-        "headers": dict(headers or {}),
+        # With tracing on, the trace context of this state change: the relay publishes the row
+        # later, in another task, and continues the trace from here (shared/tracing.py).
+        "headers": tracing.with_trace_context(headers),
     }
 
 

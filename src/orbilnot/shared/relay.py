@@ -48,6 +48,7 @@ from sqlalchemy import BigInteger, Column, ColumnElement, Row, Table, any_, bind
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from orbilnot.shared import tracing
 from orbilnot.shared.kafka import ProducerHandle
 from orbilnot.shared.retry import in_transaction
 from orbilnot.shared.worker import Worker
@@ -239,24 +240,26 @@ class OutboxRelay:
         """Each row's outcome: None when the broker acknowledged it, else the refusal."""
         # send() only enqueues; the returned futures resolve when the broker acknowledges. A broker
         # that does not answer must not hold the batch for ever: give up and let the worker retry.
-        async with asyncio.timeout(self.SEND_TIMEOUT_S):
-            producer = self._producer.producer
-            acks: list[Awaitable[Any]] = []
-            refused_by_client: set[int] = set()
-            for i, row in enumerate(rows):
-                try:
-                    acks.append(
-                        await producer.send(
-                            row.topic,
-                            value=row.value.encode(),
-                            key=row.key.encode(),
-                            headers=[(name, str(value).encode()) for name, value in row.headers.items()] or None,
+        # Each row's publish span continues the trace its state change was recorded in.
+        with tracing.publishing([(row.topic, row.key, row.headers) for row in rows]) as headers_of:
+            async with asyncio.timeout(self.SEND_TIMEOUT_S):
+                producer = self._producer.producer
+                acks: list[Awaitable[Any]] = []
+                refused_by_client: set[int] = set()
+                for i, (row, headers) in enumerate(zip(rows, headers_of, strict=True)):
+                    try:
+                        acks.append(
+                            await producer.send(
+                                row.topic,
+                                value=row.value.encode(),
+                                key=row.key.encode(),
+                                headers=[(name, value.encode()) for name, value in headers.items()] or None,
+                            )
                         )
-                    )
-                except REFUSED as error:  # the client's own check (larger than a request may be)
-                    refused_by_client.add(i)
-                    acks.append(_failed(error))
-            outcomes = await asyncio.gather(*acks, return_exceptions=True)
+                    except REFUSED as error:  # the client's own check (larger than a request may be)
+                        refused_by_client.add(i)
+                        acks.append(_failed(error))
+                outcomes = await asyncio.gather(*acks, return_exceptions=True)
         if any(isinstance(outcome, REFUSED) for i, outcome in enumerate(outcomes) if i not in refused_by_client):
             await self._producer.renew()  # out of step with the broker otherwise (see renew())
         return [outcome if isinstance(outcome, BaseException) else None for outcome in outcomes]

@@ -28,12 +28,13 @@ from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import AsyncConnection
 from starlette.exceptions import HTTPException
 
+from orbilnot.shared import tracing
 from orbilnot.shared.auth import Authenticator, current_caller
 from orbilnot.shared.config import ServiceSettings
 from orbilnot.shared.consumer import IdempotentConsumer, Parker
 from orbilnot.shared.db import create_engine, database_is_up, is_connection_problem
 from orbilnot.shared.errors import Conflict, NotFound
-from orbilnot.shared.kafka import ProducerHandle, ensure_topics
+from orbilnot.shared.kafka import ProducerHandle, ensure_topics, wait_for_group_coordinator
 from orbilnot.shared.observability import (
     RequestContextMiddleware,
     StripTrailingSlashMiddleware,
@@ -58,6 +59,7 @@ class ServiceKernel:
         self.settings = settings
         self.service = service
         self.engine = create_engine(settings, application_name=f"orbilnot-{service}")
+        tracing.instrument_engine(self.engine)
         # The same pool, each statement its own transaction: for a use case that is one statement
         # (placing an order), whose BEGIN and COMMIT would be two of its three round trips.
         self.autocommit_engine = self.engine.execution_options(isolation_level="AUTOCOMMIT")
@@ -158,6 +160,8 @@ class ServiceKernel:
                     replication_factor=self.settings.kafka_topic_replication_factor,
                     min_insync_replicas=self.settings.kafka_topic_min_insync_replicas,
                 )
+                if self._consumers:
+                    await wait_for_group_coordinator(self.kafka, f"orbilnot-{self.service}")
                 await self.producer.connect()
         for worker in self._workers:
             worker.start()
@@ -321,4 +325,5 @@ def create_service_app(
 
     app.add_middleware(StripTrailingSlashMiddleware)
     app.add_middleware(RequestContextMiddleware)
+    tracing.instrument_service_app(app)  # outermost, so the request's logs carry its trace
     return app
