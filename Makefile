@@ -85,10 +85,13 @@ helm:
 	./scripts/ensure-helm.sh >/dev/null
 
 # Re-pin the dependencies after changing pyproject.toml.
+# OpenTelemetry's SQLAlchemy instrumentation is released a step behind its API and SDK: pinning
+# the API to the release it accepts lets pip-compile settle instead of failing on the conflict.
+LOCK_PINS := -P opentelemetry-api==1.45.1
 lock:
 	$(PY) -m pip install --quiet pip-tools
-	$(BIN)/pip-compile --quiet --strip-extras --no-emit-index-url --no-emit-find-links -o requirements.lock pyproject.toml
-	$(BIN)/pip-compile --quiet --strip-extras --no-emit-index-url --no-emit-find-links --extra dev -o requirements-dev.lock pyproject.toml
+	$(BIN)/pip-compile --quiet --strip-extras --no-emit-index-url --no-emit-find-links $(LOCK_PINS) -o requirements.lock pyproject.toml
+	$(BIN)/pip-compile --quiet --strip-extras --no-emit-index-url --no-emit-find-links $(LOCK_PINS) --extra dev -o requirements-dev.lock pyproject.toml
 
 clean:
 	rm -rf $(VENV) node_modules .pytest_cache .mypy_cache .ruff_cache
