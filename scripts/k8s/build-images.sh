@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # The images the live cluster needs, as image archives in $ORBILNOT_K8S_CACHE/images (imported by
 # cluster.sh with `ctr images import`; no registry is reachable here):
-#   pause.tar     the sandbox ("pause") image: a static binary that waits for a signal
-#   orbilnot.tar  the orbilnot image, tagged orbilnot.local/orbilnot:<tag printed on stdout>
+#   pause.tar          the sandbox ("pause") image: a static binary that waits for a signal
+#   orbilnot.tar       the project's image (scripts/build-image.sh, the one `make image` builds),
+#                      tagged orbilnot.local/orbilnot:<tag printed on stdout>
+#   orbilnot-next.tar  "the next release", <tag>-next: the same image with one more, additive
+#                      migration (next_release_migration.py.in), for the rollback step
 #
-# The orbilnot image: with a container engine and scripts/build-image.sh (the project's image
-# build), that image is built and saved. Without them a stand-in is assembled from this machine's
-# own Python and the locked dependencies (pip), with the same entrypoint, user (10001) and paths
-# the chart relies on; the README says which one a run used.
+# The orbilnot images need a Docker engine: scripts/docker-engine.sh starts one when none answers
+# (and stops it again when this script started it). The archives are kept until the sources change.
 set -euo pipefail
 
 REPO=$(cd "$(dirname "$0")/../.." && pwd)
@@ -64,76 +65,39 @@ EOF
 fi
 
 # ------------------------------------------------------------------------------------- orbilnot
-# The tag names the content: the source tree, the lock and this script.
-tag=$( (cd "$REPO" && git ls-files -s src requirements.lock pyproject.toml Dockerfile scripts/k8s/build-images.sh \
-  | git hash-object --stdin; git -C "$REPO" diff HEAD -- src requirements.lock | sha256sum) | sha256sum | cut -c1-12)
+# The tag names the content: what the image is built from (tracked files and uncommitted changes).
+sources=(src requirements.lock pyproject.toml README.md Dockerfile .dockerignore scripts/build-image.sh
+  scripts/k8s/build-images.sh scripts/k8s/next_release_migration.py.in)
+tag=$( (cd "$REPO" && git ls-files -s "${sources[@]}" 2>/dev/null | git hash-object --stdin
+  git diff HEAD -- "${sources[@]}" | sha256sum) | sha256sum | cut -c1-12)
 image=orbilnot.local/orbilnot:$tag
-if [[ -f $IMAGES/orbilnot.tar && $(cat "$IMAGES/orbilnot.tag" 2>/dev/null) == "$image" ]]; then
+if [[ -f $IMAGES/orbilnot.tar && -f $IMAGES/orbilnot-next.tar && $(cat "$IMAGES/orbilnot.tag" 2>/dev/null) == "$image" ]]; then
   log "orbilnot image $image is cached"
   echo "$image"
   exit 0
 fi
 
-if [[ -x $REPO/scripts/build-image.sh ]] && docker info >/dev/null 2>&1; then
-  log "building the orbilnot image with scripts/build-image.sh"
-  built=$("$REPO/scripts/build-image.sh" | tail -1)
-  docker tag "$built" "$image"
-  docker save "$image" -o "$IMAGES/orbilnot.tar"
-  echo "docker: $built" >"$IMAGES/orbilnot.source"
-else
-  log "no container engine: assembling a stand-in orbilnot image from this machine's Python"
-  python=$("$REPO/.venv/bin/python" -c 'import sys; print(sys.base_prefix)')
-  pyexe=$("$REPO/.venv/bin/python" -c 'import sys, os; print(os.path.realpath(sys.executable))')
-  pyversion=$("$REPO/.venv/bin/python" -c 'import sys; print(f"{sys.version_info[0]}.{sys.version_info[1]}")')
-  root=$WORK/orbilnot-root
-  rm -rf "$root"
-  mkdir -p "$root$python" "$root/opt/orbilnot/lib" "$root/usr/local/bin" "$root/etc" "$root/tmp" "$root/bin"
-  chmod 1777 "$root/tmp"
-  # The interpreter and its standard library, without tests and caches.
-  tar -C "$python" --exclude='test' --exclude='tests' --exclude='__pycache__' --exclude='idlelib' \
-    --exclude='tkinter' --exclude='ensurepip' --exclude='site-packages/*' -cf - . | tar -C "$root$python" -xf -
-  # The locked dependencies and the package itself (pip's cache makes this quick after once).
-  "$REPO/.venv/bin/python" -m pip install --quiet --no-deps --no-compile --target "$root/opt/orbilnot/lib" \
-    -r <(grep -viE '^[[:space:]]*(-e[[:space:]]|orbilnot[[:space:]]*(==|@|$))' "$REPO/requirements.lock")
-  # The package is pure Python with its data files in the tree (migrations, Kafka's pom).
-  tar -C "$REPO/src" --exclude='__pycache__' --exclude='*.egg-info' -cf - orbilnot | tar -C "$root/opt/orbilnot/lib" -xf -
-  cat >"$root/usr/local/bin/orbilnot" <<EOF
-#!$pyexe
-import sys
+engine=$("$REPO/scripts/docker-engine.sh" up)
+trap 'if [[ $engine == started ]]; then "$REPO/scripts/docker-engine.sh" down; fi' EXIT
+log "building the orbilnot image with scripts/build-image.sh"
+"$REPO/scripts/build-image.sh" "$image" >/dev/null
+docker save "$image" -o "$IMAGES/orbilnot.tar.tmp"
+mv "$IMAGES/orbilnot.tar.tmp" "$IMAGES/orbilnot.tar"
 
-from orbilnot.cli import main
-
-sys.exit(main())
-EOF
-  chmod 755 "$root/usr/local/bin/orbilnot"
-  # /bin/sh and sleep (the preStop hook), and every shared library any of it needs.
-  cp /bin/sh /bin/sleep "$root/bin/"
-  libs=$( { find "$root$python" "$root/opt/orbilnot/lib" -type f \( -name '*.so*' -o -perm -u+x \) -print0 \
-      | xargs -0 -r ldd 2>/dev/null; ldd /bin/sh /bin/sleep; } \
-    | awk '/=> \//{print $3} /^[[:space:]]*\/[^ ]+ \(/{print $1}' | sort -u)
-  # glibc loads these by name at run time (host name lookups), so ldd cannot see them.
-  libs+=$'\n'$(ls /lib/x86_64-linux-gnu/libnss_dns.so.2 /lib/x86_64-linux-gnu/libnss_files.so.2 \
-    /lib/x86_64-linux-gnu/libresolv.so.2 2>/dev/null || true)
-  for lib in $libs; do
-    [[ -e $lib ]] || continue
-    mkdir -p "$root$(dirname "$lib")"
-    cp -L "$lib" "$root$lib"
-  done
-  printf 'root:x:0:0:root:/root:/bin/sh\norbilnot:x:10001:10001:orbilnot:/tmp:/bin/sh\n' >"$root/etc/passwd"
-  printf 'root:x:0:\norbilnot:x:10001:\n' >"$root/etc/group"
-  printf 'hosts: files dns\n' >"$root/etc/nsswitch.conf"
-  chmod 755 "$root/root" 2>/dev/null || true
-  find "$root" -type d -exec chmod a+rx {} +
-  config="{\"Entrypoint\": [\"orbilnot\"], \"User\": \"10001:10001\", \"WorkingDir\": \"/tmp\", \"Env\": [\"PATH=/usr/local/bin:$python/bin:/usr/bin:/bin\", \"PYTHONPATH=/opt/orbilnot/lib\", \"PYTHONDONTWRITEBYTECODE=1\", \"PYTHONUNBUFFERED=1\"]}"
-  archive "$root" "$image" "$IMAGES/orbilnot.tar" "$config"
-  echo "stand-in from $pyexe" >"$IMAGES/orbilnot.source"
-  # "The next release": the same image with one more, additive migration, for the rollback step.
-  head=$("$REPO/.venv/bin/python" -c 'from orbilnot.migrations.runner import head_revision; print(head_revision())')
-  sed "s/@HEAD@/$head/" "$REPO/scripts/k8s/next_release_migration.py.in" \
-    >"$root/opt/orbilnot/lib/orbilnot/migrations/versions/9000_next_release.py"
-  archive "$root" "$image-next" "$IMAGES/orbilnot-next.tar" "$config"
-  rm -rf "$root"
-fi
+# The next release: the migration goes where the image's package keeps its migrations.
+versions=$(docker run --rm --network none --entrypoint python "$image" \
+  -c 'import os, orbilnot.migrations.versions as v; print(os.path.dirname(v.__file__))')
+head=$("$REPO/.venv/bin/python" -c 'from orbilnot.migrations.runner import head_revision; print(head_revision())')
+context=$(mktemp -d "$WORK/next.XXXXXX")
+sed "s/@HEAD@/$head/" "$REPO/scripts/k8s/next_release_migration.py.in" >"$context/9000_next_release.py"
+printf 'FROM %s\nCOPY 9000_next_release.py %s/\n' "$image" "$versions" >"$context/Dockerfile"
+DOCKER_BUILDKIT=0 docker build --network none --quiet --tag "$image-next" "$context" >/dev/null
+rm -rf "$context"
+docker save "$image-next" -o "$IMAGES/orbilnot-next.tar.tmp"
+mv "$IMAGES/orbilnot-next.tar.tmp" "$IMAGES/orbilnot-next.tar"
+# The engine keeps $image: its layers are the build cache of the next build.
+docker image rm "$image-next" >/dev/null || true
+rm -f "$IMAGES/orbilnot.source"
 echo "$image" >"$IMAGES/orbilnot.tag"
-log "orbilnot image $image ($(du -h "$IMAGES/orbilnot.tar" | cut -f1))"
+log "orbilnot images $image and $image-next ($(du -h "$IMAGES/orbilnot.tar" | cut -f1))"
 echo "$image"

@@ -105,6 +105,8 @@ up() {
     if value=$(sysctl -n "$key" 2>/dev/null); then echo "$key=$value"; fi
   done >"$K8S_RUN/sysctls.saved"
   sysctl -qw net.ipv4.ip_forward=1
+  # Network namespaces that exist already: `down` removes only the ones the CNI plugin adds.
+  ls /var/run/netns 2>/dev/null >"$K8S_RUN/netns.before" || true
 
   # -- network: the bridge and the firewall chain
   ip link add "$BRIDGE" type bridge
@@ -178,7 +180,6 @@ state = "$K8S_RUN/containerd"
   sandbox_image = "$PAUSE_IMAGE"
   # No CAP_SYS_RESOURCE here: without this every pod dies with "can't get final child's PID".
   restrict_oom_score_adj = true
-  netns_mounts_under_state_dir = true
   enable_selinux = false
   [plugins."io.containerd.grpc.v1.cri".containerd]
     snapshotter = "native"
@@ -216,7 +217,8 @@ EOF
   for archive in "$K8S_CACHE"/images/*.tar; do
     [[ -f $archive ]] || continue
     log "importing $(basename "$archive")"
-    ctr --address "$CONTAINERD_SOCKET" -n k8s.io images import --no-unpack "$archive" >/dev/null
+    # Unpacked into the CRI's snapshotter now: the CRI creates containers from unpacked images only.
+    ctr --address "$CONTAINERD_SOCKET" -n k8s.io images import --snapshotter native "$archive" >/dev/null
   done
 
   # -- CoreDNS on the host, the kubelet's cluster DNS
@@ -323,7 +325,13 @@ down() {
       umount -l "$mountpoint" 2>/dev/null || true
     done
   done
-  # Network namespaces the CNI plugin left (they live under our state dir, see the CRI config).
+  # Network namespaces the CNI plugin left (containerd 1.6 keeps them in /var/run/netns).
+  for netns in $(ls /var/run/netns 2>/dev/null | grep '^cni-' || true); do
+    grep -qx "$netns" "$K8S_RUN/netns.before" 2>/dev/null && continue
+    umount -l "/var/run/netns/$netns" 2>/dev/null || true
+    rm -f "/var/run/netns/$netns"
+  done
+  [[ -s $K8S_RUN/netns.before ]] || rmdir /var/run/netns 2>/dev/null || true
   ip link del "$BRIDGE" 2>/dev/null || true
   for veth in $(ip -o link show type veth 2>/dev/null | awk -F': ' '{print $2}' | cut -d@ -f1 | grep '^veth' || true); do
     if [[ $(cat "/sys/class/net/$veth/master/uevent" 2>/dev/null | grep INTERFACE=) == "INTERFACE=$BRIDGE" ]]; then
@@ -348,6 +356,18 @@ down() {
       iptables -t "$table" -X "$chain" 2>/dev/null || true
     done
   done
+
+  # The pods' cgroups (cgroupfs driver: /kubepods in every v1 hierarchy), deepest first.
+  for hierarchy in /sys/fs/cgroup/*/; do
+    [[ -d ${hierarchy}kubepods ]] || continue
+    find "${hierarchy}kubepods" -depth -type d -exec rmdir {} + 2>/dev/null || true
+  done
+  # The kubelet's links to container logs (always in /var/log/containers), and its plugin dirs.
+  find /var/log/containers -maxdepth 1 -type l -lname "$K8S_DATA/*" -delete 2>/dev/null || true
+  rmdir /var/log/containers 2>/dev/null || true
+  # libcni caches each attachment's result under /var/lib/cni/results, named after the network.
+  rm -f /var/lib/cni/results/orbk8s-* 2>/dev/null || true
+  rmdir /var/lib/cni/results /var/lib/cni 2>/dev/null || true
 
   if [[ -f $K8S_RUN/sysctls.saved ]]; then
     while IFS= read -r setting; do sysctl -qw "$setting" || true; done <"$K8S_RUN/sysctls.saved"

@@ -29,6 +29,7 @@ import pytest
 from orbilnot.infra import free_ports
 from orbilnot.infra.kafka import LocalKafka
 from orbilnot.infra.postgres import LocalPostgres
+from orbilnot.migrations.roles import SERVICE_SCHEMAS
 
 REPO = Path(__file__).resolve().parents[2]
 CLUSTER = REPO / "scripts" / "k8s" / "cluster.sh"
@@ -56,7 +57,7 @@ class Cluster:
     kubectl: str
     image: str
     postgres_port: int  # on the node address, for the pods
-    postgres_loopback_port: int  # for the test's own queries
+    postgres: LocalPostgres  # on loopback, for the test's own queries
     kafka: LocalKafka
     timings: dict[str, float] = field(default_factory=dict)
 
@@ -111,12 +112,13 @@ class Cluster:
         return ready
 
 
-def database_url(port: int, name: str = DATABASE) -> str:
-    return f"postgresql://orbilnot@127.0.0.1:{port}/{name}"
+def database_url(postgres: LocalPostgres, name: str = DATABASE) -> str:
+    """The owner's URL (asyncpg's form) of a database on the test's PostgreSQL."""
+    return f"postgresql://{postgres.user}:{postgres.passwords[postgres.user]}@127.0.0.1:{postgres.port}/{name}"
 
 
-async def sql(port: int, query: str) -> Any:
-    conn = await asyncpg.connect(database_url(port))
+async def sql(postgres: LocalPostgres, query: str) -> Any:
+    conn = await asyncpg.connect(database_url(postgres))
     try:
         return await conn.fetchval(query)
     finally:
@@ -127,9 +129,7 @@ async def sql(port: int, query: str) -> Any:
 def cluster(kafka_lib_dir: Path) -> Iterator[Cluster]:
     cache = Path(os.environ.get("ORBILNOT_K8S_CACHE", "/var/cache/orbilnot-k8s"))
     image = (cache / "images" / "orbilnot.tag").read_text().strip()
-    from deploy_support import ensure_helm
-
-    helm = ensure_helm()
+    helm = run("bash", str(REPO / "scripts" / "ensure-helm.sh"), timeout=1800).strip().splitlines()[-1]
     root = Path(tempfile.mkdtemp(prefix="orbilnot-k8s-"))
     forwarder: subprocess.Popen[bytes] | None = None
     postgres: LocalPostgres | None = None
@@ -141,7 +141,7 @@ def cluster(kafka_lib_dir: Path) -> Iterator[Cluster]:
         pg_port, node_pg_port, kafka_port, controller_port = free_ports(4)
         postgres = LocalPostgres(root / "postgres", pg_port)
         postgres.start()
-        asyncio.run(_create_database(pg_port))
+        asyncio.run(_create_database(postgres))
         # PostgreSQL listens on loopback (trust authentication for local users); the pods reach
         # it on the node address through a forwarder.
         forwarder = subprocess.Popen(
@@ -155,12 +155,22 @@ def cluster(kafka_lib_dir: Path) -> Iterator[Cluster]:
             kubectl=str(cache / "bin" / "kubectl"),
             image=image,
             postgres_port=node_pg_port,
-            postgres_loopback_port=pg_port,
+            postgres=postgres,
             kafka=kafka,
         )
         result.timings["cluster up"] = cluster_s
         result.k("create", "namespace", NAMESPACE, check=False)
-        result.k("create", "secret", "generic", "orbilnot-db", "--from-literal=password=any/p@ss:word")
+        # The owner's password (the migration Job) and each service role's, as an operator's
+        # existing Secret (externalDatabase.existingSecret).
+        passwords = postgres.passwords
+        result.k(
+            "create",
+            "secret",
+            "generic",
+            "orbilnot-db",
+            f"--from-literal=password={passwords[postgres.user]}",
+            *(f"--from-literal={service}-password={passwords[service]}" for service in SERVICE_SCHEMAS),
+        )
         yield result
         print("timings:", json.dumps({k: round(v, 1) for k, v in result.timings.items()}))
     finally:
@@ -175,8 +185,8 @@ def cluster(kafka_lib_dir: Path) -> Iterator[Cluster]:
         shutil.rmtree(root, ignore_errors=True)
 
 
-async def _create_database(port: int) -> None:
-    conn = await asyncpg.connect(database_url(port, "postgres"))
+async def _create_database(postgres: LocalPostgres) -> None:
+    conn = await asyncpg.connect(database_url(postgres, "postgres"))
     try:
         await conn.execute(f'CREATE DATABASE "{DATABASE}"')
     finally:
@@ -222,7 +232,7 @@ def test_upgrade_with_changed_values(cluster: Cluster) -> None:
 def test_rollback_across_a_migration(cluster: Cluster) -> None:
     """Upgrade to a release with one more migration, then `helm rollback`: the older image's
     migration Job and wait-for-migrations meet a revision they do not know, warn, and go on."""
-    pg_port = cluster.postgres_loopback_port
+    postgres = cluster.postgres
     cluster.h(
         "upgrade",
         RELEASE,
@@ -233,13 +243,13 @@ def test_rollback_across_a_migration(cluster: Cluster) -> None:
         "10m",
         *cluster.values(f"image.tag={cluster.image.rpartition(':')[2]}-next"),
     )
-    assert asyncio.run(sql(pg_port, "SELECT version_num FROM alembic_version")) == "9000_next_release"
+    assert asyncio.run(sql(postgres, "SELECT version_num FROM alembic_version")) == "9000_next_release"
     cluster.demo("on the next release")
     revision = json.loads(cluster.h("history", RELEASE, "--output", "json"))[-2]["revision"]
     started = time.monotonic()
     cluster.h("rollback", RELEASE, str(revision), "--wait", "--wait-for-jobs", "--timeout", "10m")
     cluster.timings["helm rollback"] = time.monotonic() - started
-    assert asyncio.run(sql(pg_port, "SELECT version_num FROM alembic_version")) == "9000_next_release"
+    assert asyncio.run(sql(postgres, "SELECT version_num FROM alembic_version")) == "9000_next_release"
     (job,) = [j for j in json.loads(cluster.k("get", "jobs", "-o", "json"))["items"]]
     logs = cluster.k("logs", f"job/{job['metadata']['name']}")
     assert "newer than this release" in logs, logs
@@ -247,15 +257,15 @@ def test_rollback_across_a_migration(cluster: Cluster) -> None:
 
 
 def test_uninstall_and_install_again_on_the_kept_data(cluster: Cluster) -> None:
-    pg_port = cluster.postgres_loopback_port
-    orders_before = asyncio.run(sql(pg_port, "SELECT count(*) FROM order_service.orders"))
+    postgres = cluster.postgres
+    orders_before = asyncio.run(sql(postgres, "SELECT count(*) FROM order_service.orders"))
     assert orders_before > 0
     cluster.h("uninstall", RELEASE, "--wait", timeout=300)
     cluster.h(
         "install", RELEASE, str(REPO / "helm"), "--wait", "--wait-for-jobs", "--timeout", "10m", *cluster.values()
     )
     cluster.demo("after reinstall")
-    assert asyncio.run(sql(pg_port, "SELECT count(*) FROM order_service.orders")) > orders_before
+    assert asyncio.run(sql(postgres, "SELECT count(*) FROM order_service.orders")) > orders_before
 
 
 def test_a_drain_keeps_every_component_serving(cluster: Cluster) -> None:
