@@ -46,8 +46,8 @@ bench: setup kafka-jars
 # Builds (once, into /var/cache/orbilnot-k8s) the Kubernetes binaries and the images, then
 # starts a cluster from nothing, runs the chart's day-1 and day-2 steps on it and tears it down.
 k8s-test: setup kafka-jars helm
-	apt-get install -y -q etcd-server containerd runc containernetworking-plugins conntrack socat iptables >/dev/null \
-	  || (apt-get update -q >/dev/null && apt-get install -y -q etcd-server containerd runc containernetworking-plugins conntrack socat iptables >/dev/null)
+	apt-get install -y -q etcd-server containerd runc containernetworking-plugins conntrack socat iptables nftables >/dev/null \
+	  || (apt-get update -q >/dev/null && apt-get install -y -q etcd-server containerd runc containernetworking-plugins conntrack socat iptables nftables >/dev/null)
 	./scripts/k8s/build-binaries.sh >/dev/null
 	./scripts/k8s/build-images.sh >/dev/null
 	$(PY) -m pytest tests/k8s -v -s

@@ -107,6 +107,10 @@ up() {
   sysctl -qw net.ipv4.ip_forward=1
   # Network namespaces that exist already: `down` removes only the ones the CNI plugin adds.
   ls /var/run/netns 2>/dev/null >"$K8S_RUN/netns.before" || true
+  # Likewise the nftables tables (iptables creates filter, nat and mangle on first use) and
+  # /var/lib/kubelet.
+  if command -v nft >/dev/null; then nft list tables >"$K8S_RUN/nft-tables.before"; fi
+  if [[ -d /var/lib/kubelet ]]; then touch "$K8S_RUN/var-lib-kubelet.existed"; fi
 
   # -- network: the bridge and the firewall chain
   ip link add "$BRIDGE" type bridge
@@ -146,6 +150,7 @@ up() {
     --client-ca-file="$PKI/ca.crt" \
     --tls-cert-file="$PKI/apiserver.crt" --tls-private-key-file="$PKI/apiserver.key" \
     --kubelet-client-certificate="$PKI/admin.crt" --kubelet-client-key="$PKI/admin.key" \
+    --kubelet-preferred-address-types=InternalIP \
     --service-account-issuer="https://kubernetes.default.svc.cluster.local" \
     --service-account-key-file="$PKI/sa.pub" --service-account-signing-key-file="$PKI/sa.key" \
     --authorization-mode=Node,RBAC \
@@ -182,7 +187,8 @@ state = "$K8S_RUN/containerd"
   restrict_oom_score_adj = true
   enable_selinux = false
   [plugins."io.containerd.grpc.v1.cri".containerd]
-    snapshotter = "native"
+    # overlayfs: a container shares its image's layers ("native" copies the whole image for each).
+    snapshotter = "overlayfs"
     default_runtime_name = "runc"
     [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
       runtime_type = "io.containerd.runc.v2"
@@ -218,7 +224,7 @@ EOF
     [[ -f $archive ]] || continue
     log "importing $(basename "$archive")"
     # Unpacked into the CRI's snapshotter now: the CRI creates containers from unpacked images only.
-    ctr --address "$CONTAINERD_SOCKET" -n k8s.io images import --snapshotter native "$archive" >/dev/null
+    ctr --address "$CONTAINERD_SOCKET" -n k8s.io images import --snapshotter overlayfs "$archive" >/dev/null
   done
 
   # -- CoreDNS on the host, the kubelet's cluster DNS
@@ -304,20 +310,28 @@ stop_pid_file() { # name
 }
 
 down() {
+  # Everything below is attempted whatever fails before it: a teardown that stops at the first
+  # missing thing (a grep finding nothing, under pipefail) would leave the rest behind.
+  set +e +o pipefail
   # The kubelet first, so it does not restart what is being removed; containers via containerd.
   stop_pid_file kubelet
   if [[ -S $CONTAINERD_SOCKET ]]; then
-    local ctr_=(ctr --address "$CONTAINERD_SOCKET" -n k8s.io)
-    for task in $("${ctr_[@]}" tasks ls -q 2>/dev/null); do "${ctr_[@]}" tasks kill -s KILL "$task" 2>/dev/null || true; done
+    # Every task (container process) killed and removed, which unmounts its root filesystem.
+    # Containers and snapshots need no removal of their own: their directories go below.
+    local ctr_=(timeout 30 ctr --address "$CONTAINERD_SOCKET" -n k8s.io)
+    for task in $("${ctr_[@]}" tasks ls -q 2>/dev/null); do "${ctr_[@]}" tasks kill -s KILL "$task" 2>/dev/null; done
     sleep 1
-    for task in $("${ctr_[@]}" tasks ls -q 2>/dev/null); do "${ctr_[@]}" tasks rm -f "$task" 2>/dev/null || true; done
-    for container in $("${ctr_[@]}" containers ls -q 2>/dev/null); do "${ctr_[@]}" containers rm "$container" 2>/dev/null || true; done
+    for task in $("${ctr_[@]}" tasks ls -q 2>/dev/null); do "${ctr_[@]}" tasks rm -f "$task" 2>/dev/null; done
   fi
   for name in kube-proxy coredns kube-scheduler kube-controller-manager kube-apiserver containerd etcd; do
     stop_pid_file "$name"
   done
   # containerd-shim processes of our containerd (their command line names our socket's directory).
   for pid in $(pgrep -f "containerd-shim.*-address $CONTAINERD_SOCKET" || true); do kill -KILL "$pid" 2>/dev/null || true; done
+
+  # The pod sandboxes still there (their network was never torn down by the CNI plugin).
+  local sandboxes
+  sandboxes=$(ls "$K8S_RUN/containerd/io.containerd.grpc.v1.cri/sandboxes" 2>/dev/null)
 
   # Mounts under our directories, deepest first (volumes, netns, snapshots, shm).
   for root in "$K8S_DATA" "$K8S_RUN"; do
@@ -339,23 +353,36 @@ down() {
     fi
   done
 
-  # Firewall: our chain, and every chain kube-proxy and the kubelet created (all named KUBE-*).
-  iptables -D FORWARD -j "$FIREWALL_CHAIN" 2>/dev/null || true
-  iptables -F "$FIREWALL_CHAIN" 2>/dev/null || true
-  iptables -X "$FIREWALL_CHAIN" 2>/dev/null || true
-  for table in filter nat mangle; do
-    for chain in INPUT OUTPUT FORWARD PREROUTING POSTROUTING; do
-      iptables -t "$table" -S "$chain" 2>/dev/null | grep -- '-j KUBE-' | sed 's/^-A /-D /' | while read -r rule; do
-        eval "iptables -t $table $rule" 2>/dev/null || true
+  # Firewall: our chain, and every chain kube-proxy and the kubelet created (all named KUBE-*),
+  # for IPv4 and IPv6; then the nftables tables that only came into being for them.
+  iptables -D FORWARD -j "$FIREWALL_CHAIN" 2>/dev/null
+  iptables -F "$FIREWALL_CHAIN" 2>/dev/null
+  iptables -X "$FIREWALL_CHAIN" 2>/dev/null
+  for tool in iptables ip6tables; do
+    for table in filter nat mangle; do
+      "$tool" -t "$table" -S 2>/dev/null | grep -E -- '^-A [A-Z]+ .*-j KUBE-' | sed 's/^-A /-D /' | while read -r rule; do
+        eval "$tool -t $table $rule" 2>/dev/null
+      done
+      for chain in $("$tool" -t "$table" -S 2>/dev/null | awk '/^-N KUBE-/{print $2}'); do
+        "$tool" -t "$table" -F "$chain" 2>/dev/null
+      done
+      for chain in $("$tool" -t "$table" -S 2>/dev/null | awk '/^-N KUBE-/{print $2}'); do
+        "$tool" -t "$table" -X "$chain" 2>/dev/null
       done
     done
-    for chain in $(iptables -t "$table" -S 2>/dev/null | awk '/^-N KUBE-/{print $2}'); do
-      iptables -t "$table" -F "$chain" 2>/dev/null || true
-    done
-    for chain in $(iptables -t "$table" -S 2>/dev/null | awk '/^-N KUBE-/{print $2}'); do
-      iptables -t "$table" -X "$chain" 2>/dev/null || true
-    done
   done
+  if command -v nft >/dev/null && [[ -f $K8S_RUN/nft-tables.before ]]; then
+    nft list tables 2>/dev/null | while read -r _ family name; do
+      grep -qx "table $family $name" "$K8S_RUN/nft-tables.before" && continue
+      # Only when nothing else put a rule or a chain of its own there meanwhile.
+      if ! nft list table "$family" "$name" | grep -vE '^\s*(table|chain|type|policy|\}|$)' | grep -q .; then
+        nft delete table "$family" "$name"
+      fi
+    done
+  fi
+  # The kubelet keeps its serving certificate and device-plugin socket in /var/lib/kubelet
+  # whatever its --root-dir.
+  [[ -f $K8S_RUN/var-lib-kubelet.existed ]] || rm -rf /var/lib/kubelet
 
   # The pods' cgroups (cgroupfs driver: /kubepods in every v1 hierarchy), deepest first.
   for hierarchy in /sys/fs/cgroup/*/; do
@@ -365,8 +392,10 @@ down() {
   # The kubelet's links to container logs (always in /var/log/containers), and its plugin dirs.
   find /var/log/containers -maxdepth 1 -type l -lname "$K8S_DATA/*" -delete 2>/dev/null || true
   rmdir /var/log/containers 2>/dev/null || true
-  # libcni caches each attachment's result under /var/lib/cni/results, named after the network.
-  rm -f /var/lib/cni/results/orbk8s-* 2>/dev/null || true
+  # libcni caches each attachment's result under /var/lib/cni/results, named after the network
+  # and the sandbox (ours, and the CRI's loopback network for each of our sandboxes).
+  rm -f /var/lib/cni/results/orbk8s-* 2>/dev/null
+  for sandbox in $sandboxes; do rm -f /var/lib/cni/results/cni-loopback-"$sandbox"-*; done
   rmdir /var/lib/cni/results /var/lib/cni 2>/dev/null || true
 
   if [[ -f $K8S_RUN/sysctls.saved ]]; then
@@ -377,8 +406,43 @@ down() {
     rm -rf "${K8S_DATA}.last-logs"
     cp -r "$LOGS" "${K8S_DATA}.last-logs" 2>/dev/null || true
   fi
+  local saved_sysctls=$K8S_RUN/sysctls.saved.$$
+  cp "$K8S_RUN/sysctls.saved" "$saved_sysctls" 2>/dev/null
   rm -rf "$K8S_RUN" "$K8S_DATA"
+  verify_clean "$saved_sysctls"
+  local clean=$?
+  rm -f "$saved_sysctls"
+  ((clean == 0)) || return 1
   log "cluster down"
+}
+
+# Exits non-zero, naming each, if anything of the cluster is left on the machine.
+verify_clean() { # saved-sysctls-file
+  local left=()
+  local processes
+  processes=$(pgrep -af "$K8S_DATA|$K8S_RUN" | grep -v "pgrep" || true)
+  [[ -z $processes ]] || left+=("processes: $processes")
+  ip link show "$BRIDGE" >/dev/null 2>&1 && left+=("bridge $BRIDGE")
+  grep -qE " ($K8S_DATA|$K8S_RUN)" /proc/self/mounts && left+=("mounts under $K8S_DATA or $K8S_RUN")
+  local tool
+  for tool in iptables ip6tables; do
+    for table in filter nat mangle; do
+      "$tool" -t "$table" -S 2>/dev/null | grep -qE "KUBE-|$FIREWALL_CHAIN" && left+=("$tool $table rules")
+    done
+  done
+  compgen -G "/sys/fs/cgroup/*/kubepods" >/dev/null && left+=("kubepods cgroups")
+  compgen -G "/var/lib/cni/results/*" >/dev/null && left+=("/var/lib/cni/results")
+  [[ -d $K8S_RUN || -d $K8S_DATA ]] && left+=("state directories")
+  if [[ -f $1 ]]; then
+    while IFS='=' read -r key value; do
+      [[ $(sysctl -n "$key") == "$value" ]] || left+=("sysctl $key=$(sysctl -n "$key"), was $value")
+    done <"$1"
+  fi
+  if ((${#left[@]})); then
+    log "left behind:"
+    printf '  %s\n' "${left[@]}" >&2
+    return 1
+  fi
 }
 
 case ${1:-} in
