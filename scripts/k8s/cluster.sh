@@ -346,12 +346,11 @@ down() {
     rm -f "/var/run/netns/$netns"
   done
   [[ -s $K8S_RUN/netns.before ]] || rmdir /var/run/netns 2>/dev/null || true
-  ip link del "$BRIDGE" 2>/dev/null || true
-  for veth in $(ip -o link show type veth 2>/dev/null | awk -F': ' '{print $2}' | cut -d@ -f1 | grep '^veth' || true); do
-    if [[ $(cat "/sys/class/net/$veth/master/uevent" 2>/dev/null | grep INTERFACE=) == "INTERFACE=$BRIDGE" ]]; then
-      ip link del "$veth" 2>/dev/null || true
-    fi
-  done
+  # The pods' ends of their veth pairs still on our bridge (a pod's network namespace can outlive
+  # its processes, and its pair with it), then the bridge itself.
+  BRIDGE_PORTS=$(ip -o link show master "$BRIDGE" 2>/dev/null | awk -F': ' '{print $2}' | cut -d@ -f1)
+  for veth in $BRIDGE_PORTS; do ip link del "$veth" 2>/dev/null; done
+  ip link del "$BRIDGE" 2>/dev/null
 
   # Firewall: our chain, and every chain kube-proxy and the kubelet created (all named KUBE-*),
   # for IPv4 and IPv6; then the nftables tables that only came into being for them.
@@ -423,6 +422,10 @@ verify_clean() { # saved-sysctls-file
   processes=$(pgrep -af "$K8S_DATA|$K8S_RUN" | grep -v "pgrep" || true)
   [[ -z $processes ]] || left+=("processes: $processes")
   ip link show "$BRIDGE" >/dev/null 2>&1 && left+=("bridge $BRIDGE")
+  local port
+  for port in ${BRIDGE_PORTS:-}; do
+    ip link show "$port" >/dev/null 2>&1 && left+=("veth $port")
+  done
   grep -qE " ($K8S_DATA|$K8S_RUN)" /proc/self/mounts && left+=("mounts under $K8S_DATA or $K8S_RUN")
   local tool
   for tool in iptables ip6tables; do
