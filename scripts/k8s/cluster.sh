@@ -92,8 +92,16 @@ EOF
 
 up() {
   if [[ -d $K8S_RUN ]]; then
-    log "$K8S_RUN exists: a cluster is running or was not torn down; run '$0 down' first"
-    exit 1
+    # A run that was killed before its teardown: clean up after it, unless it is still running.
+    local file
+    for file in "$PIDS"/*; do
+      if [[ -f $file ]] && kill -0 "$(cat "$file")" 2>/dev/null; then
+        log "a cluster is running ($K8S_RUN, pid $(cat "$file")); run '$0 down' first"
+        exit 1
+      fi
+    done
+    log "$K8S_RUN is left from an interrupted run: tearing it down first"
+    (down) || exit 1
   fi
   for binary in kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy kubectl coredns; do
     [[ -x $BIN/$binary ]] || { log "$BIN/$binary is missing: run build-binaries.sh"; exit 1; }

@@ -3,8 +3,9 @@
 `helm template --dry-run=server` asks a cluster for the objects the chart looks up: the
 Secret holding the generated password (kept across uninstall), an existingSecret's data, and
 the installed StatefulSets whose volume claims cannot change. This answers discovery and GETs
-from a dict of objects, so those rendering paths are checked without a cluster; the live
-cluster test (`make k8s-test`) runs them against a real one.
+from a dict of objects, so those rendering paths are checked without a cluster. The live
+cluster test (`make k8s-test`, external mode) runs the existingSecret lookup against a real one;
+the generated Secret and the StatefulSets belong to the bundled services, which it cannot run.
 """
 
 from __future__ import annotations

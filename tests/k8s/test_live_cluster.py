@@ -11,6 +11,7 @@ PodDisruptionBudgets.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import os
 import shutil
@@ -215,6 +216,11 @@ def test_install_helm_test_and_orders(cluster: Cluster) -> None:
     assert jobs[0]["status"].get("failed") is None, "the migration Job's first pod waited for the database"
     for component in ("billing", "order", "notification", "gateway"):
         assert cluster.ready_pods(component) == 2, component
+    # The pods' checksum of the existing Secret comes from Helm's `lookup` of it in the cluster
+    # (an empty lookup would give the checksum of "{}").
+    deployment = json.loads(cluster.k("get", "deployment", f"{RELEASE}-billing", "-o", "json"))
+    checksum = deployment["spec"]["template"]["metadata"]["annotations"]["checksum/secret"]
+    assert checksum != hashlib.sha256(b"{}").hexdigest()
 
     started = time.monotonic()
     out = cluster.h("test", RELEASE, "--logs", timeout=300)
