@@ -2,10 +2,14 @@
 # A single-node Kubernetes of its own on this machine, for `make k8s-test`:
 #   cluster.sh up     start it (prints the kubeconfig path on its last line)
 #   cluster.sh down   stop every process by its pid, remove mounts, bridge, namespaces, firewall
-#                     chains and state, and restore the sysctls the kubelet and kube-proxy change
+#                     chains and state, restore the sysctls the kubelet and kube-proxy change,
+#                     then check that nothing is left (fails, naming it, otherwise)
 #
-# Everything lives in directories of its own: $K8S_RUN (sockets, pids, network namespaces),
+# Most of it lives in directories of its own: $K8S_RUN (sockets, pids, containerd's state),
 # $K8S_DATA (etcd, kubelet, containerd, PKI, logs); binaries come from build-binaries.sh's cache.
+# What the components put elsewhere whatever their settings (network namespaces in
+# /var/run/netns, /var/lib/kubelet, /var/lib/cni/results, /var/log/containers, kubepods cgroups,
+# KUBE-* chains) is removed by `down` too.
 # Its own containerd (own config, root, state and socket) never touches a Docker daemon's.
 # Network: the bridge $BRIDGE carries the node IP $NODE_IP (API server, CoreDNS, and the host's
 # PostgreSQL and Kafka in external mode) and the pods; a firewall chain drops pod traffic that
@@ -396,7 +400,7 @@ down() {
     [[ -d ${hierarchy}kubepods ]] || continue
     find "${hierarchy}kubepods" -depth -type d -exec rmdir {} + 2>/dev/null || true
   done
-  # The kubelet's links to container logs (always in /var/log/containers), and its plugin dirs.
+  # The kubelet's links to container logs (always in /var/log/containers, whatever podLogsDir).
   find /var/log/containers -maxdepth 1 -type l -lname "$K8S_DATA/*" -delete 2>/dev/null || true
   rmdir /var/log/containers 2>/dev/null || true
   # libcni caches each attachment's result under /var/lib/cni/results, named after the network
@@ -413,7 +417,9 @@ down() {
     rm -rf "${K8S_DATA}.last-logs"
     cp -r "$LOGS" "${K8S_DATA}.last-logs" 2>/dev/null || true
   fi
-  local saved_sysctls=$K8S_RUN/sysctls.saved.$$
+  # What the sysctls were, for the check below (the state directory is removed first).
+  local saved_sysctls
+  saved_sysctls=$(mktemp)
   cp "$K8S_RUN/sysctls.saved" "$saved_sysctls" 2>/dev/null
   rm -rf "$K8S_RUN" "$K8S_DATA"
   verify_clean "$saved_sysctls"
@@ -444,7 +450,7 @@ verify_clean() { # saved-sysctls-file
   compgen -G "/sys/fs/cgroup/*/kubepods" >/dev/null && left+=("kubepods cgroups")
   compgen -G "/var/lib/cni/results/*" >/dev/null && left+=("/var/lib/cni/results")
   [[ -d $K8S_RUN || -d $K8S_DATA ]] && left+=("state directories")
-  if [[ -f $1 ]]; then
+  if [[ -s $1 ]]; then
     while IFS='=' read -r key value; do
       [[ $(sysctl -n "$key") == "$value" ]] || left+=("sysctl $key=$(sysctl -n "$key"), was $value")
     done <"$1"
