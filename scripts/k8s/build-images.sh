@@ -95,8 +95,11 @@ DOCKER_BUILDKIT=0 docker build --network none --quiet --tag "$image-next" "$cont
 rm -rf "$context"
 docker save "$image-next" -o "$IMAGES/orbilnot-next.tar.tmp"
 mv "$IMAGES/orbilnot-next.tar.tmp" "$IMAGES/orbilnot-next.tar"
-# The engine keeps $image: its layers are the build cache of the next build.
+# The engine keeps $image, whose layers are the build cache of the next build, and no earlier
+# one of these tags (each would hold a copy of its layers under the vfs storage driver).
 docker image rm "$image-next" >/dev/null || true
+docker images --format '{{.Repository}}:{{.Tag}}' orbilnot.local/orbilnot | grep -vxF "$image" \
+  | xargs -r docker image rm >/dev/null || true
 rm -f "$IMAGES/orbilnot.source"
 echo "$image" >"$IMAGES/orbilnot.tag"
 log "orbilnot images $image and $image-next ($(du -h "$IMAGES/orbilnot.tar" | cut -f1))"
