@@ -279,3 +279,32 @@ async def test_published_rows_are_swept_after_their_retention_in_bounded_batches
         left = list(await conn.scalars(select(outbox.c.id).order_by(outbox.c.id)))
     assert old[-1] in left and not set(old[:4]) & set(left)
     assert len(left) == 3  # the unpublished old one, the recent published one, the new one
+
+
+async def test_a_refused_message_in_its_own_producer_batch_does_not_stall_the_partition(
+    engine: AsyncEngine, producer: ProducerHandle, infra
+) -> None:
+    """The refused message is larger than a producer batch (16 KB), so it goes out in a batch of
+    its own and the one behind it in the next: the broker refuses the first, and the idempotent
+    producer answers the second with OutOfOrderSequenceNumber. That is not the second message's
+    fault: it is sent again, alone, after the producer is renewed, and published."""
+    limited = await create_topic(infra, max_message_bytes=8192)
+    events = [
+        outbox_row(uuid.uuid4(), limited, "k", value)
+        for value in (b'"first"', b'"' + b"x" * 20_000 + b'"', b'"second"')
+    ]
+    async with engine.begin() as conn:
+        await record(conn, outbox, events)
+
+    await drain(relay_for(engine, producer))
+
+    published = await read_topic(infra.kafka_bootstrap_servers, limited, at_least=2)
+    assert [r.value for r in published] == [b'"first"', b'"second"']
+    async with engine.connect() as conn:
+        rows = (await conn.execute(select(outbox).order_by(outbox.c.id))).all()
+    assert [(row.published_at is None, row.refused_at is None) for row in rows] == [
+        (False, True),
+        (True, False),
+        (False, True),
+    ]
+    assert "TooLarge" in rows[1].error, rows[1].error

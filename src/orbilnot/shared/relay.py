@@ -20,9 +20,11 @@ A message the broker refuses on its own (larger than the topic or a request take
 calls corrupt) would be refused again at every try and hold back every row behind it. Such a
 refusal is told apart from the broker being away or slow by its error type (`REFUSED`), and a
 message is blamed only when it is refused alone: the broker answers for a whole batch of a
-partition, so the refused messages are sent again one at a time. One still refused is set aside
-(`refused_at` and `error` on its row, `orbilnot_relay_refused_total`) in the transaction that
-marks the others published. Any other error, for any row, leaves all of them to be sent again.
+partition, so when anything was refused, every message that failed is sent again one at a time
+(those that failed otherwise too: the idempotent producer fails every later batch of that
+partition after a refusal). One still refused is set aside (`refused_at` and `error` on its row,
+`orbilnot_relay_refused_total`) in the transaction that marks the others published. Any other
+error, for any row (when sent alone, if anything was refused), leaves all of them to be sent again.
 
 Published rows are deleted once older than the retention, in bounded batches, at most once a
 minute and only when the relay has caught up (`sweep`).
@@ -214,12 +216,15 @@ class OutboxRelay:
         """Send the batch; return the rows the broker refused alone, by id, with the reason."""
         outcomes = await self._send(rows)
         failed = [(row, error) for row, error in zip(rows, outcomes, strict=True) if error is not None]
-        for _, error in failed:
-            if not isinstance(error, REFUSED):
-                raise error
+        if failed and not any(isinstance(error, REFUSED) for _, error in failed):
+            raise failed[0][1]  # nothing refused: the broker is away or slow, not a message's fault
         refused: dict[int, str] = {}
         for row, _ in failed:
-            # Alone, so that its refusal is its own and not its batch's.
+            # Alone, so that its refusal is its own and not its batch's. A failure of another kind
+            # is sent again too: after a refusal the producer fails what followed on that partition
+            # in later producer batches (OutOfOrderSequenceNumber), no fault of theirs; `_send`
+            # has renewed it, so alone they go through. What fails alone and is not refused is a
+            # real failure, and leaves the whole batch to be sent again.
             (alone,) = await self._send([row])
             if alone is None:
                 continue
