@@ -208,9 +208,15 @@ async def test_a_payment_result_the_order_service_cannot_apply_is_parked_and_hol
     beyond its status (a stand-in for any fault of its own: a constraint, a bug), another's order
     refuses every change. Both are parked with their reason and counted, neither is dead-lettered,
     and the innocent order behind them is confirmed. The first still gets the final status billing
-    decided (and the user was notified of); the second keeps its status, its parked row says why."""
+    decided (and the user was notified of), and the owner billing named, as an applied result
+    would; the second keeps its status, its parked row says why."""
     account = uuid.uuid4()
     innocent, beyond_status, frozen = (f"{account}:{uuid.uuid4()}" for _ in range(3))
+    events = [
+        payment_event(account, beyond_status, PaymentEventType.PAYMENT_CONFIRMED, owner="someone-else"),
+        payment_event(account, frozen, PaymentEventType.PAYMENT_CONFIRMED),
+        payment_event(account, innocent, PaymentEventType.PAYMENT_CONFIRMED),
+    ]
     async with engine.begin() as conn:
         await conn.execute(
             insert(orders),
@@ -223,8 +229,7 @@ async def test_a_payment_result_the_order_service_cannot_apply_is_parked_and_hol
             text(f"""
             CREATE FUNCTION order_service.inject_failure() RETURNS trigger AS $$
             BEGIN
-              IF NEW.order_number = '{frozen}'
-                 OR (NEW.order_number = '{beyond_status}' AND NEW.owner_sub IS DISTINCT FROM OLD.owner_sub) THEN
+              IF NEW.order_number = '{frozen}' THEN
                 RAISE EXCEPTION 'injected failure for %', NEW.order_number;
               END IF;
               RETURN NEW;
@@ -236,13 +241,25 @@ async def test_a_payment_result_the_order_service_cannot_apply_is_parked_and_hol
                 "FOR EACH ROW EXECUTE FUNCTION order_service.inject_failure()"
             )
         )
+        # Its result fails where it is applied, not where it is parked (the inbox row says PARKED).
+        await conn.execute(
+            text(f"""
+            CREATE FUNCTION order_service.inject_apply_failure() RETURNS trigger AS $$
+            BEGIN
+              IF NEW.event_id = '{events[0].event_id}' AND NEW.status = 'PROCESSED' THEN
+                RAISE EXCEPTION 'injected failure for {beyond_status}';
+              END IF;
+              RETURN NEW;
+            END $$ LANGUAGE plpgsql""")
+        )
+        await conn.execute(
+            text(
+                "CREATE TRIGGER inject_apply_failure BEFORE INSERT ON order_service.processed_events "
+                "FOR EACH ROW EXECUTE FUNCTION order_service.inject_apply_failure()"
+            )
+        )
     parked_before = counted("orbilnot_parked_events_total", service="test")
     dead_before = counted("orbilnot_consumer_dead_letters_total", topic=topic)
-    events = [
-        payment_event(account, beyond_status, PaymentEventType.PAYMENT_CONFIRMED, owner="someone-else"),
-        payment_event(account, frozen, PaymentEventType.PAYMENT_CONFIRMED),
-        payment_event(account, innocent, PaymentEventType.PAYMENT_CONFIRMED),
-    ]
     for event in events:
         await producer.producer.send(topic, event.to_json(), key=str(account).encode())
     await producer.producer.flush()
@@ -266,11 +283,13 @@ async def test_a_payment_result_the_order_service_cannot_apply_is_parked_and_hol
             )
         }
         final = dict((await conn.execute(select(orders.c.order_number, orders.c.status))).all())
+        owners = dict((await conn.execute(select(orders.c.order_number, orders.c.owner_sub))).all())
     assert inbox[events[2].event_id] == ("PROCESSED", None)
     for parked in events[:2]:
         status, error = inbox[parked.event_id]
         assert status == "PARKED" and error is not None and "injected failure" in error
     assert final == {beyond_status: "CONFIRMED", frozen: "SENT", innocent: "CONFIRMED"}
+    assert owners[beyond_status] == "someone-else"
     assert counted("orbilnot_parked_events_total", service="test") == parked_before + 2
     assert counted("orbilnot_consumer_dead_letters_total", topic=topic) == dead_before
 

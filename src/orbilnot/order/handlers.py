@@ -451,7 +451,7 @@ async def park_payment_result(conn: AsyncConnection, event: PaymentEvent, reason
     like any processed event. False when it was already in the inbox.
 
     Billing's decision stands (the money moved or not, and the notification service told the user
-    so), so the order is then given the status that decision names, that alone in a savepoint of
+    so), so the order is then given the status (and owner) that decision names, that alone in a savepoint of
     its own: what failed may have been the rest of the work. If even that fails (the order itself
     refuses any change), the order keeps its status, and the parked row and the log say why."""
     first_time = await conn.scalar(
@@ -474,8 +474,12 @@ async def park_payment_result(conn: AsyncConnection, event: PaymentEvent, reason
             current = None if row is None else OrderStatus(row.status)
             new_status = None if current is None else domain.payment_result(current, event.payment_event_type)
             if row is not None and current is not None and new_status is not None:
+                # Whose it is now, as in `apply_payment_results` (issue 9): billing's word.
+                owner = {} if event.owner_sub is None else {"owner_sub": event.owner_sub}
                 await conn.execute(
-                    update(orders).where(orders.c.id == row.id).values(status=new_status.value, updated_at=func.now())
+                    update(orders)
+                    .where(orders.c.id == row.id)
+                    .values(status=new_status.value, updated_at=func.now(), **owner)
                 )
                 _count_transition(conn, current, new_status)
     except Exception as error:
