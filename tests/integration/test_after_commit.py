@@ -151,3 +151,41 @@ async def test_each_decision_is_counted_once_however_often_its_batch_ran(
     assert await process_batch(engine, 50, topic="payment.event") == 4
 
     assert {outcome: decisions(outcome) - before[outcome] for outcome in expected} == expected
+
+
+def parked_by_billing() -> float:
+    return REGISTRY.get_sample_value("orbilnot_parked_events_total", {"service": "billing"}) or 0.0
+
+
+async def test_an_event_parked_by_a_transaction_run_again_is_counted_once(engine: AsyncEngine) -> None:
+    """The processor parks the culprit, then a serialization failure on a later event of the
+    batch runs the whole transaction again, which parks it again: one event, counted once."""
+    before, parked_before = decisions("parked"), parked_by_billing()
+    events = await orders_received(engine, 10, 20, 30)
+    culprit, later = events[1], events[2]
+    await fail_ledger_writes_for(engine, culprit.order_number, "P0001", 1000)
+    async with engine.begin() as conn:
+        await conn.execute(text("CREATE SEQUENCE billing.injected_conflicts"))
+        await conn.execute(
+            text(f"""
+            CREATE FUNCTION billing.inject_conflict() RETURNS trigger AS $$
+            BEGIN
+              IF NEW.value LIKE '%{later.order_number}%' AND nextval('billing.injected_conflicts') <= 1 THEN
+                RAISE EXCEPTION 'injected conflict' USING ERRCODE = '40001';
+              END IF;
+              RETURN NEW;
+            END $$ LANGUAGE plpgsql""")
+        )
+        await conn.execute(
+            text(
+                "CREATE TRIGGER inject_conflict BEFORE INSERT ON billing.outbox "
+                "FOR EACH ROW EXECUTE FUNCTION billing.inject_conflict()"
+            )
+        )
+
+    assert await process_batch(engine, 50, topic="payment.event") == 3
+
+    async with engine.connect() as conn:
+        assert await conn.scalar(text("SELECT last_value FROM billing.injected_conflicts")) >= 2, "ran again"
+    assert decisions("parked") - before == 1
+    assert parked_by_billing() - parked_before == 1

@@ -408,7 +408,8 @@ async def _park(conn: AsyncConnection, row: Row[Any], error: BaseException, topi
     """Set one event aside with its error, and answer its order: PAYMENT_DENIED, nothing moved."""
     reason = f"{type(error).__name__}: {error}"[:2000]
     log.error("order event %s (%s, order %s) parked: %s", row.event_id, row.event_type, row.order_number, reason)
-    PARKED.labels("billing").inc()
+    # Counted once committed, as the consumers count theirs: a batch run again parks it again.
+    after_commit(conn, PARKED.labels("billing").inc)
     result_id = uuid.uuid4()
     await _set_decided(
         conn,
