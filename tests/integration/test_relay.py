@@ -308,3 +308,23 @@ async def test_a_refused_message_in_its_own_producer_batch_does_not_stall_the_pa
         (False, True),
     ]
     assert "TooLarge" in rows[1].error, rows[1].error
+
+
+async def test_a_published_row_kept_among_the_oldest_does_not_hold_the_sweep_back(
+    engine: AsyncEngine, producer: ProducerHandle, topic: str
+) -> None:
+    """The oldest row was published only now (a refused row published again, say): each batch
+    steps past what it keeps, so the expired rows behind it go in the same sweep."""
+    await place_orders(engine, topic, 7)
+    relay = relay_for(engine, producer, retention=timedelta(hours=24))
+    await drain(relay)
+    async with engine.begin() as conn:
+        ids = list(await conn.scalars(select(outbox.c.id).order_by(outbox.c.id)))
+        await conn.execute(
+            update(outbox).where(outbox.c.id.in_(ids[1:])).values(published_at=func.now() - text("interval '25 hours'"))
+        )
+
+    assert await relay.sweep() == 6  # batches of two: 1, 2, 2, 1
+
+    async with engine.connect() as conn:
+        assert list(await conn.scalars(select(outbox.c.id))) == ids[:1]

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import timedelta
@@ -49,6 +50,7 @@ from prometheus_client import Counter
 from sqlalchemy import BigInteger, Column, ColumnElement, Row, Table, any_, bindparam, delete, func, select, update
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.sql import Executable
 
 from orbilnot.shared import tracing
 from orbilnot.shared.kafka import ProducerHandle
@@ -138,38 +140,59 @@ class OutboxRelay:
 
     async def sweep(self) -> int:
         """Delete published rows older than the retention, oldest first, a bounded batch per
-        transaction, up to `SWEEP_BATCHES`; returns how many.
+        transaction, up to `SWEEP_BATCHES`; returns how many."""
+        return (await self._sweep())[0]
 
-        Each batch looks only at the oldest `sweep_batch_size` published rows (a walk of the
-        primary key, which skips just the few rows still unpublished) and deletes those expired:
-        ids follow publication closely enough, so no index is kept only for this, and a sweep that
-        finds nothing expired reads one batch of rows, not the table."""
+    async def _sweep(self) -> tuple[int, bool]:
+        """How many were deleted, and whether the sweep stopped at its bound with more to do.
+
+        Each batch looks at the next `sweep_batch_size` published rows in id order (a walk of the
+        primary key, which skips just the few rows still unpublished), from where the last one
+        stopped, and deletes those expired. A row kept among them (published late, as a refused
+        row published again) is stepped over, not looked at again by every batch. Ids follow
+        publication closely enough that a batch with nothing expired ends the sweep: so no index
+        is kept only for this, and a sweep that finds nothing expired reads one batch, not the
+        table."""
         if self._retention is None:
-            return 0
-        outbox, swept = self._outbox, 0
-        oldest_published = (
-            select(outbox.c.id)
-            .where(outbox.c.published_at.is_not(None))
+            return 0, False
+        outbox = self._outbox
+        looked_at = (
+            select(outbox.c.id, outbox.c.published_at)
+            .where(outbox.c.published_at.is_not(None), outbox.c.id > bindparam("after", type_=BigInteger))
             .order_by(outbox.c.id)
             .limit(self._sweep_batch_size)
+            .cte("looked_at")
         )
-        expired = outbox.c.id.in_(oldest_published.scalar_subquery()) & (
-            outbox.c.published_at < func.now() - self._retention
+        deleted = (
+            delete(outbox)
+            .where(
+                outbox.c.id.in_(select(looked_at.c.id).where(looked_at.c.published_at < func.now() - self._retention))
+            )
+            .returning(outbox.c.id)
+            .cte("deleted")
         )
-
-        async def delete_batch(conn: AsyncConnection) -> int:
-            result = await conn.execute(delete(outbox).where(expired))
-            return result.rowcount
-
+        # One statement: the batch's last id (where the next one starts), its size, what went.
+        delete_batch = select(
+            select(func.max(looked_at.c.id)).scalar_subquery().label("last"),
+            select(func.count()).select_from(looked_at).scalar_subquery().label("looked_at"),
+            select(func.count()).select_from(deleted).scalar_subquery().label("deleted"),
+        )
+        after, swept, more = 0, 0, True
         for _ in range(self.SWEEP_BATCHES):
-            deleted = await in_transaction(self._engine, delete_batch, what=f"relay {self.name}: sweep")
-            swept += deleted
-            if deleted < self._sweep_batch_size:
+            batch = await in_transaction(
+                self._engine,
+                functools.partial(_one_row, statement=delete_batch, after=after),
+                what=f"relay {self.name}: sweep",
+            )
+            swept += batch.deleted
+            if batch.looked_at < self._sweep_batch_size or batch.deleted == 0:
+                more = False
                 break
+            after = batch.last
         if swept:
             SWEPT.labels(self.name).inc(swept)
             log.info("relay %s: %d published rows older than %s deleted", self.name, swept, self._retention)
-        return swept
+        return swept, more
 
     async def _sweep_when_due(self) -> None:
         # Off the hot path: only when the relay has caught up, and at most once a minute
@@ -179,7 +202,7 @@ class OutboxRelay:
             return
         self._next_sweep = now + self.SWEEP_EVERY_S
         try:
-            if await self.sweep() == self.SWEEP_BATCHES * self._sweep_batch_size:
+            if (await self._sweep())[1]:
                 self._next_sweep = now
         except Exception:
             log.warning("relay %s: sweeping published rows failed; next time", self.name, exc_info=True)
@@ -291,6 +314,10 @@ class OutboxRelay:
                 .where(_one_of(self._outbox.c.id, [row.id for row in rows]), self._outbox.c.published_at.is_(None))
                 .values(claimed_until=None)
             )
+
+
+async def _one_row(conn: AsyncConnection, *, statement: Executable, after: int) -> Row[Any]:
+    return (await conn.execute(statement, {"after": after})).one()
 
 
 async def _failed(error: BaseException) -> None:
