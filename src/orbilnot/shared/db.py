@@ -97,28 +97,35 @@ async def savepoint(conn: AsyncConnection) -> AsyncIterator[None]:
         raise
 
 
-def unnest_rows(table: Table, rows: Sequence[Mapping[str, Any]]) -> TableValuedAlias:
+def unnest_rows(table: Table, rows: Sequence[Mapping[str, Any]], *, numbered: bool = False) -> TableValuedAlias:
     """`rows` (dicts with the same keys, columns of `table`) as a table for a statement's FROM:
-    `unnest($1::type1[], $2::type2[], …) AS anon_1(col1, col2, …)`, one array per column.
+    `unnest($1::type1[], $2::type2[], …) AS anon_1(col1, col2, …)`, one array per column; with
+    `numbered`, `… WITH ORDINALITY AS anon_1(col1, …, ordinality)`: each row's place in `rows`.
 
     Many rows in ONE statement of fixed text, whatever their number: PostgreSQL parses, plans and
     runs it once, and asyncpg prepares it once per connection. (A multi-row VALUES is a new
-    statement for every row count; an executemany is one execution per row.) The arrays' elements
-    come out in order, so rows are also inserted, and numbered by an identity column, in order.
+    statement for every row count; an executemany is one execution per row.)
     """
     names = list(rows[0])
     arrays = [
         bindparam(column, [row[column] for row in rows], type_=ARRAY(table.c[column].type), unique=True)
         for column in names
     ]
-    return func.unnest(*arrays).table_valued(*names).render_derived()
+    unnest = func.unnest(*arrays)
+    if numbered:
+        return unnest.table_valued(*names, with_ordinality="ordinality").render_derived()
+    return unnest.table_valued(*names).render_derived()
 
 
 def insert_rows(table: Table, rows: Sequence[Mapping[str, Any]]) -> PgInsert:
-    """`INSERT INTO table (…) SELECT … FROM unnest(…)`: `rows` in one statement (`unnest_rows`);
-    add `.on_conflict_do_nothing()` or `.returning()` as needed. `rows` must not be empty."""
-    batch = unnest_rows(table, rows)
-    return pg_insert(table).from_select(list(batch.c.keys()), select(*batch.c))
+    """`INSERT INTO table (…) SELECT … FROM unnest(…) WITH ORDINALITY … ORDER BY ordinality`:
+    `rows` in one statement (`unnest_rows`), inserted in their order, so an identity column
+    numbers them in that order (an outbox's ids are its publishing order); the ORDER BY says so
+    rather than relying on how unnest happens to scan. Add `.on_conflict_do_nothing()` or
+    `.returning()` as needed. `rows` must not be empty."""
+    batch = unnest_rows(table, rows, numbered=True)
+    names = list(rows[0])
+    return pg_insert(table).from_select(names, select(*(batch.c[name] for name in names)).order_by(batch.c.ordinality))
 
 
 async def database_is_up(engine: AsyncEngine, timeout_s: float = 2.0) -> bool:
