@@ -328,3 +328,23 @@ async def test_a_published_row_kept_among_the_oldest_does_not_hold_the_sweep_bac
 
     async with engine.connect() as conn:
         assert list(await conn.scalars(select(outbox.c.id))) == ids[:1]
+
+
+async def test_a_sweep_stopped_at_its_bound_goes_on_at_the_next_idle_step(
+    engine: AsyncEngine, producer: ProducerHandle, topic: str
+) -> None:
+    await place_orders(engine, topic, 7)
+    await drain(relay_for(engine, producer))
+    async with engine.begin() as conn:
+        await conn.execute(update(outbox).values(published_at=func.now() - text("interval '25 hours'")))
+    relay = relay_for(engine, producer, retention=timedelta(hours=24))
+    relay.SWEEP_BATCHES = 2  # two batches of two per sweep
+
+    async def left() -> int:
+        async with engine.connect() as conn:
+            return int(await conn.scalar(select(func.count()).select_from(outbox)) or 0)
+
+    assert not await relay.publish_batch()  # idle: sweeps 4, stopped at its bound
+    assert await left() == 3
+    assert not await relay.publish_batch()  # at once, not a minute later: the rest
+    assert await left() == 0
