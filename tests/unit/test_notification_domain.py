@@ -44,3 +44,26 @@ def test_refunded() -> None:
     message = render(event(PaymentEventType.REFUNDED, "500"))
     assert message.title == f"Order {NUMBER} refunded"
     assert message.body == f"500 returned to account {ACCOUNT}"
+
+
+def test_the_order_created_at_header_never_fails_the_event_even_without_a_value() -> None:
+    """Beside the event, unchecked: a header Kafka carries with a null value is no time, not an error."""
+    from aiokafka.structs import ConsumerRecord
+
+    from orbilnot.notification.handlers import _order_created_at
+    from orbilnot.shared import consumer
+    from orbilnot.shared.observability import ORDER_CREATED_AT_HEADER
+
+    def created_at(value: bytes | None) -> datetime | None:
+        payment = event(PaymentEventType.PAYMENT_CONFIRMED)
+        headers = [(ORDER_CREATED_AT_HEADER, value)]
+        record = ConsumerRecord("payment.event", 0, 1, 0, 0, b"k", b"{}", None, 1, 2, headers)
+        token = consumer._consumed_records.set({id(payment): record})
+        try:
+            return _order_created_at(payment)
+        finally:
+            consumer._consumed_records.reset(token)
+
+    assert created_at(b"2026-01-02T03:04:05+00:00") == datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
+    assert created_at(b"not a time") is None
+    assert created_at(None) is None

@@ -141,3 +141,20 @@ def test_off_a_batch_yields_no_contexts() -> None:
     message = ConsumerRecord("order.event", 0, 1, 0, 0, b"k", b"{}", None, 1, 2, [])
     with tracing.consuming_batch([message, message], "orbilnot-billing") as contexts:
         assert contexts == [None, None]
+
+
+def test_on_a_header_without_a_value_starts_a_new_trace_and_fails_nothing() -> None:
+    # Kafka allows a header with a null value; another producer's message may carry one.
+    _run(
+        """
+        from aiokafka.structs import ConsumerRecord
+        from orbilnot.shared import tracing
+
+        assert tracing.setup("billing") is True
+        message = ConsumerRecord("order.event", 0, 1, 0, 0, b"k", b"{}", None, 1, 2, [("traceparent", None)])
+        with tracing.consuming_batch([message], "orbilnot-billing") as [context]:
+            assert context["traceparent"]
+        print("ok")
+        """,
+        OTEL_TRACES_EXPORTER="none",
+    )

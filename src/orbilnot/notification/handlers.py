@@ -96,6 +96,8 @@ def _order_created_at(event: PaymentEvent) -> datetime | None:
     record = consumed_record(event)
     for name, value in (record.headers if record is not None else None) or ():
         if name == ORDER_CREATED_AT_HEADER:
+            if value is None:  # Kafka allows a header without a value
+                return None
             try:
                 parsed = datetime.fromisoformat(value.decode())
             except (UnicodeDecodeError, ValueError):

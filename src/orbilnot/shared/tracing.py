@@ -262,7 +262,12 @@ def _consuming_span_arguments(record: ConsumerRecord, group: str) -> dict[str, A
     from opentelemetry.propagate import extract
     from opentelemetry.trace import SpanKind
 
-    carrier = {key: value.decode("latin-1") for key, value in (record.headers or ()) if key in TRACE_HEADERS}
+    # A header may come without a value (None): no context to continue, never a failed message.
+    carrier = {
+        key: value.decode("latin-1")
+        for key, value in (record.headers or ())
+        if key in TRACE_HEADERS and value is not None
+    }
     return {
         "name": f"process {record.topic}",
         "context": extract(carrier),
