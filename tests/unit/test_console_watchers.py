@@ -3,12 +3,31 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 import uuid
+from types import SimpleNamespace
+from typing import Any
 
+import jwt
 import pytest
+from aiokafka.structs import ConsumerRecord
+from starlette.requests import Request
+from starlette.types import Message
 
-from orbilnot.gateway.console import STREAM_QUEUE, Console, LiveFeed, TooManyStreams, Watcher, Watchers
+from orbilnot.gateway import console as console_module
+from orbilnot.gateway.console import (
+    DEAD_LETTERS_KEPT,
+    STREAM_QUEUE,
+    Console,
+    LiveFeed,
+    TooManyStreams,
+    Watcher,
+    Watchers,
+    _EventStream,
+    client_key,
+    dead_letter_view,
+)
 from orbilnot.shared.auth import Caller
 from orbilnot.shared.config import GatewaySettings
 from orbilnot.shared.kafka import KafkaConnection
@@ -101,7 +120,7 @@ async def test_a_stream_ends_when_its_token_expires_and_lets_go_of_its_slot() ->
     app = console()
     w = watcher(ALICE, uuid.uuid4())
     app.watchers.add(w)
-    sent = [chunk async for chunk in app._stream(w, expires_at=time.time() - 1)]
+    sent = [chunk async for chunk in app._stream(w, expires_at=time.time() - 1, ends_at=time.time() + 60)]
     assert sent[0].startswith("event: hello") and sent[-1].startswith("event: bye")
     assert '"token expired"' in sent[-1] and len(app.watchers) == 0
 
@@ -113,7 +132,7 @@ async def test_a_stream_that_fell_behind_says_so_and_ends() -> None:
     app.watchers.add(w)
     for n in range(STREAM_QUEUE + 1):
         app.watchers.publish(account, None, {"kind": "order", "n": str(n)})
-    sent = [chunk async for chunk in app._stream(w, expires_at=None)]
+    sent = [chunk async for chunk in app._stream(w, expires_at=None, ends_at=time.time() + 60)]
     # Its backlog is not worth sending: the page reloads the accounts when it reconnects.
     assert len(sent) == 2 and '"too far behind"' in sent[-1]
     assert len(app.watchers) == 0
@@ -132,3 +151,123 @@ async def test_the_feed_survives_a_broker_that_cannot_be_reached(caplog: pytest.
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
+
+
+def dead_letter_record(offset: int, headers: list[tuple[str, bytes | None]]) -> ConsumerRecord:
+    return ConsumerRecord("o.dlt", 0, offset, 1_700_000_000_000, 0, b"k", b"{}", None, 1, 2, headers)
+
+
+def test_a_dead_letter_header_without_a_value_is_shown_without_it() -> None:
+    """Kafka allows a header with a null value: the feed shows the dead letter, it does not fail."""
+    view = dead_letter_view(dead_letter_record(3, [("error", None), ("consumer-group", b"orbilnot-billing")]))
+    assert view["error"] == "" and view["consumerGroup"] == "orbilnot-billing" and view["offset"] == 3
+
+
+def test_dead_letters_read_again_after_a_reconnect_are_kept_and_sent_once() -> None:
+    watchers = Watchers(max_per_client=4, max_total=10)
+    admin = watcher(ADMIN)
+    watchers.add(admin)
+    feed = LiveFeed(KafkaConnection("127.0.0.1:1"), "o", "p", watchers)
+    for _ in range(2):  # the feed rewinds each dead-letter partition again when it reconnects
+        for offset in range(3):
+            feed._dispatch(dead_letter_record(offset, [("error", b"boom")]))
+    assert [entry["offset"] for entry in feed.dead_letters] == [0, 1, 2]
+    assert len(received(admin)) == 3
+    # Past DEAD_LETTERS_KEPT the oldest go, and are forgotten: nothing kept grows without bound.
+    for offset in range(3, 3 + DEAD_LETTERS_KEPT):
+        feed._dispatch(dead_letter_record(offset, [("error", b"boom")]))
+    assert len(feed.dead_letters) == DEAD_LETTERS_KEPT and len(feed._kept) == DEAD_LETTERS_KEPT
+
+
+@pytest.mark.parametrize(
+    ("address", "key"),
+    [
+        ("203.0.113.7", "203.0.113.7"),
+        ("2001:db8:1:2:aaaa::1", "2001:db8:1:2::/64"),
+        ("2001:db8:1:2:ffff:ffff:ffff:ffff", "2001:db8:1:2::/64"),
+        ("::ffff:203.0.113.7", "203.0.113.7"),
+        (None, "?"),
+        ("unix-socket", "unix-socket"),
+    ],
+)
+def test_without_authentication_streams_are_counted_per_ipv4_address_or_ipv6_64(address: str | None, key: str) -> None:
+    assert client_key(address) == key
+
+
+async def test_a_stream_ends_after_its_maximum_lifetime_and_lets_go_of_its_slot() -> None:
+    app = console()
+    w = watcher(Caller.OPEN, uuid.uuid4())
+    app.watchers.add(w)
+    sent = [chunk async for chunk in app._stream(w, expires_at=None, ends_at=time.time() - 1)]
+    assert sent[0].startswith("event: hello") and '"stream lifetime reached"' in sent[-1]
+    assert len(app.watchers) == 0
+
+
+class _Verifier:
+    """Stands in for the OIDC verifier: the token names its caller."""
+
+    async def verify(self, token: str) -> Caller:
+        return {"alice": ALICE, "root": ADMIN}[jwt.decode(token, options={"verify_signature": False})["sub"]]
+
+
+HEALTH = {
+    "checkedAt": "2026-01-01T00:00:00+00:00",
+    "services": {
+        "billing": [
+            {"instance": 1, "ready": False, "status": 503, "ms": 3.0, "checks": {"loops": "OperationalError('db-1')"}}
+        ]
+    },
+}
+
+
+async def health_as(token_subject: str | None, *, oidc: bool) -> tuple[int, dict[str, Any]]:
+    app = console()
+
+    async def check() -> dict[str, Any]:
+        return HEALTH
+
+    app.health.check = check  # type: ignore[method-assign]
+    app.authenticator = SimpleNamespace(verifier=_Verifier() if oidc else None)  # type: ignore[assignment]
+    headers = []
+    if token_subject is not None:
+        token = jwt.encode({"sub": token_subject, "exp": int(time.time()) + 60}, "k" * 32, algorithm="HS256")
+        headers.append((b"authorization", f"Bearer {token}".encode()))
+    response = await app._health(Request({"type": "http", "method": "GET", "path": "/", "headers": headers}))
+    return response.status_code, json.loads(bytes(response.body))
+
+
+async def test_service_health_details_go_to_admins_only_and_with_oidc_to_signed_in_users_only() -> None:
+    without_checks = {"instance": 1, "ready": False, "status": 503, "ms": 3.0}
+    # Authentication off: anyone sees whether each instance is ready, no one its errors.
+    status, body = await health_as(None, oidc=False)
+    assert status == 200 and body["services"]["billing"] == [without_checks]
+    status, _ = await health_as(None, oidc=True)
+    assert status == 401
+    status, body = await health_as("alice", oidc=True)
+    assert status == 200 and body["services"]["billing"] == [without_checks]
+    status, body = await health_as("root", oidc=True)
+    assert status == 200 and body == HEALTH
+
+
+async def test_a_client_that_stops_reading_loses_its_stream_and_its_slot(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Its writes block (its socket buffers are full): the stream gives up instead of waiting for ever."""
+    monkeypatch.setattr(console_module, "SEND_TIMEOUT_S", 0.2)
+    app = console()
+    w = watcher(Caller.OPEN, uuid.uuid4())
+    app.watchers.add(w)
+    response = _EventStream(app._stream(w, expires_at=None, ends_at=time.time() + 60), media_type="text/event-stream")
+    sent: list[Message] = []
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+        if message["type"] == "http.response.body":
+            await asyncio.Event().wait()  # the client reads nothing more
+
+    async def receive() -> Message:
+        await asyncio.Event().wait()  # nor does it close the connection
+        return {"type": "http.disconnect"}
+
+    scope = {"type": "http", "asgi": {"spec_version": "2.3"}, "method": "GET", "path": "/", "headers": []}
+    await asyncio.wait_for(response(scope, receive, send), 10)
+    assert [m["type"] for m in sent] == ["http.response.start", "http.response.body"]
+    assert len(app.watchers) == 0

@@ -8,7 +8,8 @@ What the gateway serves for it, and nothing else:
     /console/api/events        a server-sent-event stream of the watched accounts' order and payment
                                events, and of new dead letters
     /console/api/dead-letters  the dead-letter topics' latest entries
-    /console/api/health        each service's /health/ready, instance by instance
+    /console/api/health        each service's readiness, instance by instance (its /health/ready
+                               body, which names hosts and errors, to admins only)
 
 Everything else the page shows (balances, ledgers, orders, notifications) it reads through the
 ordinary API with the user's own token, so the services' ownership rules apply unchanged.
@@ -27,24 +28,29 @@ anyone who names it may read it through the API). With `AUTH_MODE=oidc` the stre
 token, and an event is delivered only when the caller may see it by the services' own rule
 (`Caller.may_touch`): an order event belongs to the subject that placed the order (`placedBy`), a
 payment event to `ownerSub`. Dead letters, which may belong to anyone, go only to admins. A stream
-ends when its token expires; the page reconnects with a fresh one.
+ends when its token expires; the page reconnects with a fresh one. Service health needs a token
+too; the services' own check details (hosts, the loops' last errors) go to admins only, with
+authentication off to no one.
 
-**Bounds.** At most `CONSOLE_MAX_STREAMS_PER_CLIENT` streams per client (its subject, or its
-address with authentication off) and `CONSOLE_MAX_STREAMS` in all (429 beyond), each watching at
-most `CONSOLE_MAX_ACCOUNTS` accounts (422 beyond); a comment line every 15 s keeps proxies from
-closing an idle stream and finds a client that is gone; the stream's task ends when the client
-disconnects. Every console request goes through the gateway's edge limits and rate limit.
+**Bounds.** At most `CONSOLE_MAX_STREAMS_PER_CLIENT` streams per client (its subject, or with
+authentication off its IPv4 address or IPv6 /64) and `CONSOLE_MAX_STREAMS` in all (429 beyond),
+each watching at most `CONSOLE_MAX_ACCOUNTS` accounts (422 beyond); a comment line every 15 s keeps
+proxies from closing an idle stream and finds a client that is gone; the stream's task ends when
+the client disconnects, when a write has waited SEND_TIMEOUT_S for a client that does not read,
+and after `CONSOLE_MAX_STREAM_S` in any case (the page reconnects). Every console request goes
+through the gateway's edge limits and rate limit.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import json
 import logging
 import time
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -62,6 +68,7 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, RedirectResponse, Response, StreamingResponse
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
+from starlette.types import Message, Send
 
 from orbilnot.gateway.rate_limit import client_address
 from orbilnot.model.events import OrderEvent, PaymentEvent
@@ -78,6 +85,9 @@ HEARTBEAT_S = 15.0
 STREAM_QUEUE = 256
 # Dead letters kept in memory (and read back from each DLT partition's tail at start).
 DEAD_LETTERS_KEPT = 20
+# How long one write to a stream may wait for the client to read: one that stops reading (its
+# socket buffers full) would otherwise hold its slot for ever, the stream blocked in that write.
+SEND_TIMEOUT_S = 30.0
 HEALTH_TIMEOUT_S = 1.0
 # Health answers are shared by every page for this long: N open consoles cost one probe per service.
 HEALTH_CACHE_S = 2.0
@@ -116,6 +126,22 @@ _WAKE_UP: dict[str, Any] = {"kind": "wake-up"}
 
 class TooManyStreams(Exception):
     pass
+
+
+def client_key(address: str | None) -> str:
+    """Whom a stream is counted against with authentication off: its IPv4 address, or its IPv6
+    /64 — one host is commonly given a whole /64, so counting its addresses would not limit it."""
+    if address is None:
+        return "?"
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return address
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.IPv6Network((ip, 64), strict=False))
+    return str(ip)
 
 
 class Watchers:
@@ -203,7 +229,8 @@ def payment_event_view(event: PaymentEvent, record: ConsumerRecord) -> dict[str,
 
 
 def dead_letter_view(record: ConsumerRecord) -> dict[str, Any]:
-    headers = {name: value.decode("utf-8", "replace") for name, value in (record.headers or ())}
+    # Kafka allows a header without a value (None here): there is nothing to show of it.
+    headers = {name: value.decode("utf-8", "replace") for name, value in (record.headers or ()) if value is not None}
     value = record.value or b""
     return {
         "kind": "deadLetter",
@@ -232,6 +259,8 @@ class LiveFeed:
         self.topics = (order_topic, payment_topic, *self.dead_letter_topics)
         self.watchers = watchers
         self.dead_letters: deque[dict[str, Any]] = deque(maxlen=DEAD_LETTERS_KEPT)
+        # Where each kept dead letter is, so the entries a reconnect reads again are not kept twice.
+        self._kept: set[tuple[str, int, int]] = set()
         self.connected = False
 
     async def run(self) -> None:
@@ -291,12 +320,23 @@ class LiveFeed:
             consumer.seek(tp, max(starts[tp], ends[tp] - DEAD_LETTERS_KEPT))
         tailed.update(new)
 
+    def _dead_letter(self, view: dict[str, Any]) -> None:
+        """Keep and announce a dead letter, unless it is one kept already: after the feed
+        reconnects it rewinds each dead-letter partition again, re-reading its latest entries."""
+        where = (view["topic"], view["partition"], view["offset"])
+        if where in self._kept:
+            return
+        if len(self.dead_letters) == self.dead_letters.maxlen:
+            oldest = self.dead_letters[0]
+            self._kept.discard((oldest["topic"], oldest["partition"], oldest["offset"]))
+        self.dead_letters.append(view)
+        self._kept.add(where)
+        self.watchers.publish_dead_letter(view)
+
     def _dispatch(self, record: ConsumerRecord) -> None:
         try:
             if record.topic in self.dead_letter_topics:
-                view = dead_letter_view(record)
-                self.dead_letters.append(view)
-                self.watchers.publish_dead_letter(view)
+                self._dead_letter(dead_letter_view(record))
             elif record.topic == self.order_topic:
                 order = OrderEvent.model_validate_json(record.value or b"")
                 self.watchers.publish(order.account_id, order.placed_by, order_event_view(order, record))
@@ -463,7 +503,7 @@ class Console:
             return JSONResponse(
                 {"detail": f"at most {self.settings.console_max_accounts} accounts per stream"}, status_code=422
             )
-        client = caller.subject or client_address(request.scope) or "?"
+        client = caller.subject or client_key(client_address(request.scope))
         watcher = Watcher(caller, client, accounts)
         try:
             self.watchers.add(watcher)
@@ -471,25 +511,28 @@ class Console:
             return JSONResponse({"detail": str(error)}, status_code=429, headers={"Retry-After": "5"})
         # A gateway shutting down ends the stream at once (serve.py); the page reconnects elsewhere.
         request.scope[ON_SERVER_SHUTDOWN] = partial(watcher.end, "the gateway is shutting down")
-        return StreamingResponse(
-            self._stream(watcher, expires_at),
+        ends_at = time.time() + self.settings.console_max_stream_s
+        return _EventStream(
+            self._stream(watcher, expires_at, ends_at),
             media_type="text/event-stream",
             # No proxy may buffer or transform it (nginx honours X-Accel-Buffering).
             headers={"Cache-Control": "no-cache, no-transform", "X-Accel-Buffering": "no"},
         )
 
-    async def _stream(self, watcher: Watcher, expires_at: float | None) -> AsyncIterator[str]:
-        """Starlette cancels this when the client disconnects; `finally` then lets go of the slot."""
+    async def _stream(self, watcher: Watcher, expires_at: float | None, ends_at: float) -> AsyncIterator[str]:
+        """Starlette cancels this when the client disconnects; `finally` then lets go of the slot.
+        It ends by itself when the caller's token expires or, sooner, after console_max_stream_s."""
         try:
             yield _sse("hello", {"live": self.feed is not None and self.feed.connected})
             while watcher.ending is None:
-                wait_s = HEARTBEAT_S
-                if expires_at is not None:
-                    left_s = expires_at - time.time()
-                    if left_s <= 0:
-                        watcher.end("token expired")
-                        break
-                    wait_s = min(wait_s, left_s)
+                now = time.time()
+                if expires_at is not None and expires_at <= now:
+                    watcher.end("token expired")
+                    break
+                if ends_at <= now:
+                    watcher.end("stream lifetime reached")
+                    break
+                wait_s = min(HEARTBEAT_S, ends_at - now, (expires_at - now) if expires_at is not None else HEARTBEAT_S)
                 try:
                     event = await asyncio.wait_for(watcher.queue.get(), wait_s)
                 except TimeoutError:
@@ -511,8 +554,44 @@ class Console:
         entries = list(self.feed.dead_letters) if self.feed else []
         return JSONResponse({"live": self.feed is not None, "entries": entries})
 
-    async def _health(self, _: Request) -> Response:
-        return JSONResponse(await self.health.check())
+    async def _health(self, request: Request) -> Response:
+        try:
+            caller, _ = await self._caller(request)
+        except _Refusal as refusal:
+            return refusal.response()
+        answer = await self.health.check()
+        if caller.is_admin:
+            return JSONResponse(answer)
+        # The services' own check results name hosts, statements and the last error of each
+        # background loop (which may carry order numbers and subjects): for an admin only. With
+        # authentication off there is no admin, and anyone sees whether each instance is ready.
+        services = {
+            service: [{key: value for key, value in instance.items() if key != "checks"} for instance in instances]
+            for service, instances in answer["services"].items()
+        }
+        return JSONResponse({**answer, "services": services})
+
+
+class _EventStream(StreamingResponse):
+    """A StreamingResponse whose every write must be taken by the client within SEND_TIMEOUT_S.
+
+    uvicorn's `send` waits while the client's socket buffers are full, so a client that stops
+    reading would hold the stream (blocked in that write, its heartbeat never due) and its slot
+    for ever. Given up on, the stream's generator is closed (its `finally` lets go of the slot)
+    and the response left unfinished, which makes uvicorn close the connection."""
+
+    async def stream_response(self, send: Send) -> None:
+        async def send_or_give_up(message: Message) -> None:
+            await asyncio.wait_for(send(message), SEND_TIMEOUT_S)
+
+        try:
+            await super().stream_response(send_or_give_up)
+        except TimeoutError:
+            log.info("console stream: the client read nothing for %.0f s; closing it", SEND_TIMEOUT_S)
+        finally:
+            body = self.body_iterator
+            if isinstance(body, AsyncGenerator):
+                await body.aclose()
 
 
 class _Refusal(Exception):

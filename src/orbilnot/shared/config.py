@@ -216,6 +216,9 @@ class GatewaySettings(AuthSettings, KafkaClientSettings):
     console_max_streams_per_client: int = Field(default=4, ge=1)
     console_max_streams: int = Field(default=500, ge=1)
     console_max_accounts: int = Field(default=20, ge=1)
+    # How long one stream lasts at most (the page reconnects and reloads): with authentication off
+    # no token expiry ends it, and a slot held for ever is a slot taken from everyone else.
+    console_max_stream_s: float = Field(default=600.0, gt=0)
     # The OIDC client the console signs in with (authorization code + PKCE, a public client).
     console_oidc_client_id: str = "orbilnot-console"
 

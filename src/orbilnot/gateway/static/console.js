@@ -423,8 +423,13 @@ function addDeadLetter(entry, loading = false) {
 }
 
 async function refreshHealth() {
+  // With authentication on, service health is for signed-in users (and its details for admins).
+  if (state.config.authMode === "oidc" && !state.auth) {
+    $("#health").replaceChildren(el("li", { class: "off" }, "sign in to see the services' health"));
+    return;
+  }
   try {
-    const response = await fetch("/console/api/health");
+    const response = await api("GET", "/console/api/health");
     if (!response.ok) throw new Error(String(response.status));
     const body = await response.json();
     const items = [el("li", { class: "up" }, "gateway ", el("span", { text: "ready" }))];
