@@ -366,9 +366,27 @@ function onSagaEvent(event) {
   if (order && status) mergeOrder(account, { ...order, status });
   renderAccount(event.accountId);
   if (event.kind === "payment") {
-    reload(event.accountId).catch(() => {});
+    afterPayment(event).catch(() => {});
     awaitNotification(event.accountId, event.orderNumber, event.type);
   }
+}
+
+// A payment moved the balance and added to the ledger: read those again, not the whole account.
+// The order's status came with the event; its list is read only for an order this page has not
+// seen (placed elsewhere), and the notification is looked for by awaitNotification.
+async function afterPayment(event) {
+  const account = state.accounts.get(event.accountId);
+  if (!account) return;
+  const known = account.orders.has(event.orderNumber);
+  const [{ data: info }, ledger, orders] = await Promise.all([
+    apiJson("GET", `/account/${event.accountId}`),
+    allPages(`/account/${event.accountId}/transactions`),
+    known ? [] : allPages(`/orders/${event.accountId}`),
+  ]);
+  account.balance = info.balance;
+  account.ledger = ledger;
+  for (const order of orders) mergeOrder(account, order);
+  renderAccount(event.accountId);
 }
 
 // The notification service stores its notification when it consumes the same payment event, so
