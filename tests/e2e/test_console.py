@@ -98,6 +98,9 @@ def test_root_redirects_to_the_console_and_its_assets_are_served(stack: Stack) -
         assert http.get("/console/assets/nothing.js").status_code == 404
         config = http.get("/console/config.json").json()
         assert config["authMode"] == "off" and config["live"] is True
+        # Readiness for anyone; the services' own check details (hosts, errors) for admins only.
+        instances = [i for service in http.get("/console/api/health").json()["services"].values() for i in service]
+        assert instances and all(i["ready"] and "checks" not in i for i in instances)
 
 
 def test_the_acceptance_scenario_by_clicking(stack: Stack, page) -> None:  # type: ignore[no-untyped-def]
@@ -197,6 +200,7 @@ def test_with_oidc_the_console_signs_in_through_keycloak_and_streams_only_with_a
     events = f"{auth_stack.gateway}/console/api/events"
     assert httpx.get(events, timeout=10).status_code == 401
     assert httpx.get(f"{auth_stack.gateway}/console/api/dead-letters", timeout=10).status_code == 401
+    assert httpx.get(f"{auth_stack.gateway}/console/api/health", timeout=10).status_code == 401
 
     page.goto(auth_stack.gateway + "/console/")
     expect(page.get_by_test_id("who")).to_have_text("not signed in")
@@ -208,6 +212,7 @@ def test_with_oidc_the_console_signs_in_through_keycloak_and_streams_only_with_a
     page.wait_for_url(auth_stack.gateway + "/console/")
     expect(page.get_by_test_id("who")).to_have_text("alice")
     expect(page.get_by_test_id("live")).to_have_text("live")
+    expect(page.locator("#health li[data-service=billing]")).to_have_class(re.compile(r"\bup\b"))
 
     page.locator("#open-account input[name=amount]").fill("300")
     page.locator("#open-account button").click()
