@@ -25,9 +25,9 @@ from orbilnot.gateway.console import (
     Watcher,
     Watchers,
     _EventStream,
-    client_key,
     dead_letter_view,
 )
+from orbilnot.gateway.rate_limit import client_key
 from orbilnot.shared.auth import Caller
 from orbilnot.shared.config import GatewaySettings
 from orbilnot.shared.kafka import KafkaConnection

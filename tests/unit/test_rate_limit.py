@@ -58,3 +58,18 @@ def test_buckets_full_again_are_forgotten() -> None:
 def test_nonsense_settings_are_refused() -> None:
     with pytest.raises(ValueError):
         TokenBuckets(rate_per_s=0.0, burst=1)
+
+
+def test_a_host_is_counted_by_its_ipv6_64_not_by_each_of_its_addresses() -> None:
+    from orbilnot.gateway.rate_limit import client_address
+
+    buckets = TokenBuckets(rate_per_s=1.0, burst=1, clock=lambda: 0.0)
+    first = client_address({"client": ("2001:db8:1:2::1", 5000)})
+    second = client_address({"client": ("2001:db8:1:2:ffff::9", 5001)})
+    other = client_address({"client": ("2001:db8:1:3::1", 5002)})
+    assert first == second == "2001:db8:1:2::/64"
+    assert buckets.take(first) == 0.0
+    assert buckets.take(second) > 0.0  # the same /64: its one token is spent
+    assert other is not None and buckets.take(other) == 0.0
+    assert client_address({"client": ("::ffff:192.0.2.7", 1)}) == "192.0.2.7"
+    assert client_address({}) is None

@@ -45,7 +45,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
 import json
 import logging
 import time
@@ -126,22 +125,6 @@ _WAKE_UP: dict[str, Any] = {"kind": "wake-up"}
 
 class TooManyStreams(Exception):
     pass
-
-
-def client_key(address: str | None) -> str:
-    """Whom a stream is counted against with authentication off: its IPv4 address, or its IPv6
-    /64 — one host is commonly given a whole /64, so counting its addresses would not limit it."""
-    if address is None:
-        return "?"
-    try:
-        ip = ipaddress.ip_address(address)
-    except ValueError:
-        return address
-    if isinstance(ip, ipaddress.IPv6Address):
-        if ip.ipv4_mapped is not None:
-            return str(ip.ipv4_mapped)
-        return str(ipaddress.IPv6Network((ip, 64), strict=False))
-    return str(ip)
 
 
 class Watchers:
@@ -503,7 +486,7 @@ class Console:
             return JSONResponse(
                 {"detail": f"at most {self.settings.console_max_accounts} accounts per stream"}, status_code=422
             )
-        client = caller.subject or client_key(client_address(request.scope))
+        client = caller.subject or client_address(request.scope) or "?"
         watcher = Watcher(caller, client, accounts)
         try:
             self.watchers.add(watcher)

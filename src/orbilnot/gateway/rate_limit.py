@@ -8,6 +8,7 @@ e.g. `f"{subject}@{address}"`), without touching the buckets or the middleware.
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import time
 from collections.abc import Callable
@@ -23,8 +24,25 @@ KeyFunction = Callable[[Scope], str | None]
 
 
 def client_address(scope: Scope) -> str | None:
+    """Whom a request is counted against: its client's IPv4 address or IPv6 /64 (`client_key`)."""
     client = scope.get("client")
-    return str(client[0]) if client else None
+    return client_key(str(client[0])) if client else None
+
+
+def client_key(address: str | None) -> str:
+    """Whom a stream is counted against with authentication off: its IPv4 address, or its IPv6
+    /64 — one host is commonly given a whole /64, so counting its addresses would not limit it."""
+    if address is None:
+        return "?"
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return address
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.IPv6Network((ip, 64), strict=False))
+    return str(ip)
 
 
 class TokenBuckets:
