@@ -507,6 +507,90 @@ def billing_connect_retries(metrics: str) -> float:
     return next((float(line[len(prefix) :]) for line in metrics.splitlines() if line.startswith(prefix)), 0.0)
 
 
+class HangingUpUpstream:
+    """An upstream that reads a request and closes the connection without a byte of answer, the
+    first `drops` times (what a keep-alive connection closed by a service shutting down does to a
+    request sent on it); after that it answers 200 `ok`."""
+
+    def __init__(self, drops: int) -> None:
+        self.drops = drops
+        self.requests = 0
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError):
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                self.requests += 1
+                if self.requests <= self.drops:
+                    break
+                assert b"content-length" not in head.lower()
+                writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                await writer.drain()
+        writer.close()
+
+    @contextlib.asynccontextmanager
+    async def serving(self) -> AsyncIterator[str]:
+        server = await asyncio.start_server(self.handle, "127.0.0.1", 0)
+        async with server:
+            yield f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+
+
+@contextlib.asynccontextmanager
+async def gateway_to_billing(*billing: str) -> AsyncIterator[httpx.AsyncClient]:
+    settings = gateway_settings(billing=list(billing), order=list(billing), notification=list(billing))
+    async with (
+        serve(create_app(settings), lifespan="on") as gateway,
+        httpx.AsyncClient(base_url=gateway, timeout=20, trust_env=False) as client,
+    ):
+        yield client
+
+
+def billing_stale_retries(metrics: str) -> float:
+    prefix = 'orbilnot_gateway_upstream_stale_connection_retries_total{upstream="billing"} '
+    return next((float(line[len(prefix) :]) for line in metrics.splitlines() if line.startswith(prefix)), 0.0)
+
+
+@pytest.mark.parametrize("method", ["GET", "HEAD"])
+async def test_a_get_whose_connection_is_closed_unanswered_is_sent_again_on_a_new_connection(method: str) -> None:
+    """Scenario 8's race: the only instance drops the request without answering (a service that is
+    shutting down closing a keep-alive connection); a bodiless GET/HEAD is sent once more."""
+    upstream = HangingUpUpstream(drops=1)
+    async with upstream.serving() as url, gateway_to_billing(url) as client:
+        before = billing_stale_retries((await client.get("/metrics")).text)
+        response = await client.request(method, "/account/")
+        assert response.status_code == 200
+        assert upstream.requests == 2
+        assert billing_stale_retries((await client.get("/metrics")).text) == before + 1
+
+
+async def test_a_get_dropped_unanswered_goes_to_the_next_instance() -> None:
+    dropping, answering = HangingUpUpstream(drops=1_000), HangingUpUpstream(drops=0)
+    async with dropping.serving() as first, answering.serving() as second, gateway_to_billing(first, second) as client:
+        for _ in range(4):  # round robin: at least two of these start at the dropping instance
+            assert (await client.get("/account/")).status_code == 200
+        assert dropping.requests >= 2
+
+
+async def test_a_get_is_sent_again_only_once() -> None:
+    upstream = HangingUpUpstream(drops=1_000)
+    async with upstream.serving() as url, gateway_to_billing(url) as client:
+        response = await client.get("/account/")
+        assert response.status_code == 502
+        assert response.json() == {"detail": "upstream billing failed"}
+        assert upstream.requests == 2
+
+
+@pytest.mark.parametrize(("method", "body"), [("POST", b"{}"), ("PUT", b"{}"), ("DELETE", b""), ("GET", b"{}")])
+async def test_a_request_that_may_have_been_processed_is_never_sent_again(method: str, body: bytes) -> None:
+    """An unsafe method, or any request with a body: the upstream may have acted on it."""
+    upstream = HangingUpUpstream(drops=1)
+    async with upstream.serving() as url, gateway_to_billing(url) as client:
+        response = await client.request(method, "/account/", content=body)
+        assert response.status_code == 502
+        assert response.json() == {"detail": "upstream billing failed"}
+        assert upstream.requests == 1
+
+
 async def test_an_upstream_too_slow_to_answer_is_a_json_504_within_the_timeout(
     client: httpx.AsyncClient,
 ) -> None:

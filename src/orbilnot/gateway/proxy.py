@@ -65,6 +65,19 @@ UPSTREAM_CONNECT_RETRIES = Counter(
     "Rounds in which every instance of an upstream refused the connection and the gateway tried again",
     ["upstream"],
 )
+UPSTREAM_STALE_RETRIES = Counter(
+    "orbilnot_gateway_upstream_stale_connection_retries_total",
+    "Bodiless GET/HEAD requests sent again because the upstream connection broke before any answer",
+    ["upstream"],
+)
+
+# Requests that may be sent a second time when their connection broke before any response byte:
+# safe methods (RFC 9110 §9.2.1) without a body, so sending one twice changes nothing and there
+# is no half-consumed client stream to replay.
+RESENDABLE_METHODS = frozenset({"GET", "HEAD"})
+# What httpx raises when the upstream closed a (usually reused, keep-alive) connection under a
+# request: "Server disconnected without sending a response", or a reset while writing or reading.
+STALE_CONNECTION_ERRORS = (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError)
 
 _EMPTY_BODY = httpx.ByteStream(b"")
 _NOT_URL_SAFE = re.compile(rb"[^\x21-\x7e]")
@@ -174,8 +187,16 @@ class Proxy:
         # it within the connect timeout, which bounds what the client waits for a 502.
         deadline = time.monotonic() + self._connect_timeout_s
         backoff_s = REFUSED_RETRY_FIRST_BACKOFF_S
+        # A connection can also break after it was taken, before any answer: an upstream that is
+        # shutting down closes a keep-alive connection right after the response it was serving
+        # when the shutdown began, and a request the gateway sends on it before the FIN arrives
+        # gets no answer (scenario 8). A bodiless GET/HEAD is sent once more, to the next
+        # instance (or on a new connection), within the same deadline; anything else is a 502,
+        # as it may have been processed.
+        may_resend = scope["method"] in RESENDABLE_METHODS and body is _EMPTY_BODY
         while True:
-            for instance in upstream.candidates():
+            instances = list(upstream.candidates())
+            for instance in instances:
                 request = httpx.Request(
                     scope["method"],
                     instance.base_url + target,
@@ -193,6 +214,21 @@ class Proxy:
                     raise GatewayError(503, f"gateway busy: no connection free for {upstream.name}") from exc
                 except httpx.TimeoutException as exc:
                     raise GatewayError(504, f"upstream {upstream.name} timed out") from exc
+                except STALE_CONNECTION_ERRORS as exc:
+                    if not may_resend or time.monotonic() >= deadline:
+                        logger.warning("upstream %s at %s failed: %r", upstream.name, instance.base_url, exc)
+                        raise GatewayError(502, f"upstream {upstream.name} failed") from exc
+                    logger.info(
+                        "upstream %s at %s dropped the connection, sending again: %r",
+                        upstream.name,
+                        instance.base_url,
+                        exc,
+                    )
+                    UPSTREAM_STALE_RETRIES.labels(upstream.name).inc()
+                    may_resend = False
+                    if instance is instances[-1]:
+                        instances.append(instance)  # the only one left: on another connection
+                    continue
                 except httpx.TransportError as exc:
                     logger.warning("upstream %s at %s failed: %r", upstream.name, instance.base_url, exc)
                     raise GatewayError(502, f"upstream {upstream.name} failed") from exc
