@@ -135,7 +135,10 @@ class DrainingHttpProtocol(HttpToolsProtocol):
     request is lost without an answer (the gateway answered those with 502, as it must for a
     request that may have been processed). Instead an idle connection lives until its keep-alive
     timer runs out as it would have anyway, which the client's pool expiry is set to beat, and a
-    request that arrives meanwhile is served, with `Connection: close`.
+    request that arrives meanwhile is served, with `Connection: close`. So does a connection whose
+    response was under way (headers sent, without `Connection: close`) when the shutdown began,
+    once that response is complete; one whose response had not started is answered with
+    `Connection: close` and closed.
 
     Why uvicorn internals (`shutdown`, `cycle`, `timeout_keep_alive_task`): uvicorn 0.54 has no
     supported way. Its graceful shutdown calls `shutdown()` on every connection, which closes an
@@ -153,10 +156,26 @@ class DrainingHttpProtocol(HttpToolsProtocol):
         if self.cycle is not None and not self.cycle.response_complete:
             end_now = cast("Callable[[], None] | None", self.cycle.scope.get(ON_SERVER_SHUTDOWN))
             if end_now is not None:
-                end_now()  # an endless stream: ended, then closed like any other response
-            super().shutdown()  # in the middle of a request: answered, then closed
+                end_now()  # an endless stream: ended, then drained or closed like any other response
+            if not self.cycle.response_started:
+                super().shutdown()  # its answer says `Connection: close`, and it is closed after
+                return
+            # Its headers are out without `Connection: close`, so the client will put the
+            # connection back in its pool once the body is in: closed right after the response,
+            # a request sent on it before the FIN arrives would get no answer (the gateway's 502
+            # in scenario 8). It drains from then on, like an idle one (on_response_complete).
+            self._draining = True
             return
         self._draining = True
+        self._drain_idle()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()  # arms the keep-alive timer, unless the connection is closing
+        if self._draining and not self.transport.is_closing():
+            self._drain_idle()
+
+    def _drain_idle(self) -> None:
+        """Close the idle connection when its keep-alive timer runs out, or after drain_idle_s."""
         deadline = self.loop.time() + self.drain_idle_s
         timer = self.timeout_keep_alive_task
         if timer is None or timer.when() > deadline:
