@@ -1,14 +1,15 @@
 """`orbilnot up`: the whole system on one machine (SPEC §7).
 
 Starts the local PostgreSQL and Kafka unless they already run, migrates, runs billing, order,
-notification and the gateway as `orbilnot serve` processes, and prints the URLs. Ctrl-C or
-SIGTERM stops the processes it started — services first, then the infrastructure it started
-itself — and leaves nothing behind.
+notification and the gateway as `orbilnot serve` processes, and prints the URLs. Ctrl-C,
+SIGTERM or SIGHUP (its terminal closed) stops the processes it started — services first, then
+the infrastructure it started itself — and leaves nothing behind.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import subprocess
@@ -88,9 +89,15 @@ def _raise_stop(signum: int, _frame: FrameType | None) -> None:
     raise _Stop(signal.Signals(signum).name)
 
 
+# SIGHUP: the terminal `up` runs in was closed. The services are in process groups of their own
+# (spawn), so it reaches only `up`, whose default action would end it without its `finally`,
+# leaving every service and the infrastructure running.
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+
+
 def up(*, auth: bool = False) -> int:
-    signal.signal(signal.SIGTERM, _raise_stop)
-    signal.signal(signal.SIGINT, _raise_stop)
+    for stop_signal in STOP_SIGNALS:
+        signal.signal(stop_signal, _raise_stop)
     infra = LocalInfra()
     processes: list[subprocess.Popen[bytes]] = []
     started: list[str] = []
@@ -138,11 +145,12 @@ def up(*, auth: bool = False) -> int:
         print("a service exited unexpectedly; stopping", file=sys.stderr)
         return 1
     except _Stop as stop:
-        print(f"\n{stop}: stopping …", flush=True)
+        with contextlib.suppress(OSError):  # after a SIGHUP the terminal may be gone
+            print(f"\n{stop}: stopping …", flush=True)
         return 0
     finally:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        for stop_signal in STOP_SIGNALS:
+            signal.signal(stop_signal, signal.SIG_IGN)
         stop_processes(processes)
         # Side by side: each takes a second or two to stop cleanly, and nothing is left to need
         # one while another stops.

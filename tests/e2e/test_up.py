@@ -68,10 +68,15 @@ def _up_env(home: Path) -> dict[str, str]:
     }
 
 
-def test_ctrl_c_after_an_order_is_clean_and_leaves_nothing_running_within_5s() -> None:
+@pytest.mark.parametrize("stop_signal", [signal.SIGINT, signal.SIGHUP], ids=lambda s: s.name)
+def test_ctrl_c_or_closing_the_terminal_after_an_order_is_clean_and_leaves_nothing_running_within_5s(
+    stop_signal: signal.Signals,
+) -> None:
     """Issue 11, item 5. Ctrl-C in a terminal signals the whole foreground process group, not
     `up` alone: every service, PostgreSQL and Kafka get the SIGINT too, and `up` then stops them
-    as well. So `up` runs in a session of its own and the SIGINT goes to that group. The client
+    as well. So `up` runs in a session of its own and the SIGINT goes to that group. Closing the
+    terminal (SIGHUP to the group) stops everything the same way; the services, in groups of
+    their own, never see that SIGHUP, so without `up`'s handler they were left running. The client
     keeps its keep-alive connection to the gateway open through the stop, as a browser would."""
     home = Path(tempfile.mkdtemp(prefix="orbilnot-up-"))
     env = _up_env(home)
@@ -105,7 +110,7 @@ def test_ctrl_c_after_an_order_is_clean_and_leaves_nothing_running_within_5s() -
             # The four services and Kafka; PostgreSQL detaches (pg_ctl), found below by its directory.
             assert len(children) >= 5, children
 
-            os.killpg(up.pid, signal.SIGINT)
+            os.killpg(up.pid, stop_signal)
             started = time.monotonic()
             returncode = up.wait(30)
             took_s = time.monotonic() - started
@@ -114,7 +119,7 @@ def test_ctrl_c_after_an_order_is_clean_and_leaves_nothing_running_within_5s() -
         )
         output_text = log.read_text(errors="replace")
         assert returncode == 0, output_text[-3000:]
-        assert took_s < 5.0, f"Ctrl-C took {took_s:.1f}s\n{output_text[-3000:]}"
+        assert took_s < 5.0, f"{stop_signal.name} took {took_s:.1f}s\n{output_text[-3000:]}"
         assert left == []
         assert _pids_under(home) == []  # PostgreSQL and Kafka, whoever their parent is now
         for bad in ("ERROR", "Traceback"):
