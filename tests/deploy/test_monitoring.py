@@ -12,7 +12,7 @@ import pytest
 import yaml
 from deploy_support import ALL_OPTIONS, CHART, DEFAULT, EXTERNAL, Mode, Rendered, parse_manifests, run_helm
 
-from support import running_stack, scrape
+from support import Scrape, running_stack, scrape
 
 DASHBOARD = CHART / "files" / "grafana-dashboard.json"
 RULES = CHART / "files" / "prometheus-rules.yaml"
@@ -178,13 +178,32 @@ def test_the_parser_is_not_vacuous() -> None:
 
 
 @pytest.fixture(scope="module")
-def exposed(infra, tmp_path_factory: pytest.TempPathFactory) -> Iterator[set[str]]:  # type: ignore[no-untyped-def]
-    """Every metric name (with its _total, _bucket, _count, _sum forms) that the four processes expose."""
+def scrapes(infra, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Scrape]]:  # type: ignore[no-untyped-def]
+    """The /metrics of each of the four processes, freshly started, before any request or event."""
     with running_stack(infra, tmp_path_factory.mktemp("monitoring-stack-logs"), "monitoring") as stack:
-        names: set[str] = set()
-        for process in PROCESSES:
-            names |= scrape(stack.urls[process]).names
-        yield names
+        yield {process: scrape(stack.urls[process]) for process in PROCESSES}
+
+
+@pytest.fixture(scope="module")
+def exposed(scrapes: dict[str, Scrape]) -> set[str]:
+    """Every metric name (with its _total, _bucket, _count, _sum forms) that the four processes expose."""
+    return set().union(*(one.names for one in scrapes.values()))
+
+
+def test_the_counters_the_alerts_watch_for_any_increase_are_at_0_from_the_start(scrapes: dict[str, Scrape]) -> None:
+    """`increase(x[15m]) > 0` sees an event only if the series existed before it: one created by
+    its first event starts at 1, which reads as no increase."""
+    watched = set().union(*(metric_names(query) for query in rule_queries() if "increase(" in query))
+    assert watched, "no alert uses increase()"
+    for name in watched:
+        series = [one.series(name) for one in scrapes.values()]
+        found = {labels: value for one in series for labels, value in one.items()}
+        assert found, f"{name}: no series until its first event"
+        assert set(found.values()) == {0.0}, found
+    parked = {
+        dict(labels)["service"] for one in scrapes.values() for labels in one.series("orbilnot_parked_events_total")
+    }
+    assert parked >= {"billing", "order", "notification"}
 
 
 def test_every_metric_the_dashboard_and_rules_name_is_exposed(exposed: set[str]) -> None:

@@ -129,6 +129,12 @@ class IdempotentConsumer(Generic[Event]):
         self._stopping = False
         self.tracker = FailureTracker(f"consumer:{topic}")
         self._lag_labels: set[tuple[str, str, str]] = set()
+        # At 0 from the start, not created by the first event: the alerts read these with
+        # increase(), and a series whose first sample is already 1 shows no increase, so the first
+        # dead letter or parked event after each start went unseen. (Billing's processor parks
+        # under the same service label.)
+        DEAD_LETTERED.labels(topic)
+        PARKED.labels(self._service)
 
     # -- lifecycle ---------------------------------------------------------------------------
 

@@ -103,6 +103,8 @@ class OutboxRelay:
         self._sweep_batch_size = sweep_batch_size
         self._next_sweep = 0.0
         self.worker = Worker(f"relay:{name}", self.publish_batch, poll_interval_s=poll_interval_s)
+        # At 0 from the start, for the alert's increase() to see the first refusal (consumer.py).
+        REFUSED_TOTAL.labels(name)
 
     def wake(self) -> None:
         """Called right after a commit that created something to publish."""
