@@ -158,3 +158,66 @@ def test_on_a_header_without_a_value_starts_a_new_trace_and_fails_nothing() -> N
         """,
         OTEL_TRACES_EXPORTER="none",
     )
+
+
+CLIENT_TRACEPARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+
+
+def test_on_a_client_traceparent_is_only_a_link_of_the_gateway_s_new_root_span() -> None:
+    """Anyone can send `traceparent`: it must not pick the trace id or force sampling, nor reach
+    an upstream. The gateway's span is a root of its own trace, linked to the client's span."""
+    _run(
+        f"""
+        import asyncio
+        from opentelemetry import trace
+        from orbilnot.shared import tracing
+
+        assert tracing.setup("gateway") is True
+        seen = {{}}
+
+        async def app(scope, receive, send):
+            seen["span"] = trace.get_current_span()
+            seen["headers"] = dict(scope["headers"])
+            await send({{"type": "http.response.start", "status": 200, "headers": []}})
+            await send({{"type": "http.response.body", "body": b""}})
+
+        async def receive():
+            return {{"type": "http.request", "body": b"", "more_body": False}}
+
+        async def send(message):
+            pass
+
+        headers = [(b"host", b"gw"), (b"traceparent", b"{CLIENT_TRACEPARENT}"), (b"tracestate", b"k=v")]
+        scope = {{"type": "http", "method": "GET", "path": "/orders/a", "raw_path": b"/orders/a",
+                  "query_string": b"", "headers": headers, "scheme": "http", "http_version": "1.1",
+                  "server": ("gw", 80), "client": ("1.2.3.4", 5)}}
+        asyncio.run(tracing.instrument_gateway_app(app)(scope, receive, send))
+        span = seen["span"]
+        ids = span.get_span_context()
+        assert ids.is_valid and span.parent is None, span.parent
+        assert ids.trace_id != 0x0af7651916cd43dd8448eb211c80319c
+        [link] = span.links
+        assert link.context.trace_id == 0x0af7651916cd43dd8448eb211c80319c
+        assert link.context.span_id == 0xb7ad6b7169203331
+        assert b"traceparent" not in seen["headers"] and b"tracestate" not in seen["headers"]
+        print("ok")
+        """,
+        OTEL_TRACES_EXPORTER="none",
+    )
+
+
+def test_off_a_client_traceparent_does_not_reach_an_upstream() -> None:
+    _run(f"""
+        import asyncio
+        from orbilnot.shared import tracing
+
+        seen = {{}}
+
+        async def app(scope, receive, send):
+            seen["headers"] = dict(scope["headers"])
+
+        scope = {{"type": "http", "headers": [(b"host", b"gw"), (b"traceparent", b"{CLIENT_TRACEPARENT}")]}}
+        asyncio.run(tracing.instrument_gateway_app(app)(scope, None, None))
+        assert seen["headers"] == {{b"host": b"gw"}}
+        print("ok")
+    """)

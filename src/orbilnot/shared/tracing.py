@@ -149,18 +149,59 @@ def instrument_service_app(app: Any) -> None:
     FastAPIInstrumentor.instrument_app(app, excluded_urls=_excluded_urls(), exclude_spans=["receive", "send"])
 
 
+# The headers a client could continue (or seed) a trace with. The gateway is the edge: a client's
+# `traceparent` would choose the trace id and, with its sampled flag, make every service record
+# every span of its requests whatever the sampler says. So they never reach the instrumentation or
+# an upstream: each client request starts a root span, which keeps a client's context as a link.
+CLIENT_TRACE_HEADERS = frozenset({b"traceparent", b"tracestate", b"baggage"})
+_CLIENT_TRACE_CONTEXT = "orbilnot.client_trace_context"  # the removed headers, in the ASGI scope
+
+
 def instrument_gateway_app(app: ASGIApp) -> ASGIApp:
     """The gateway's app wrapped in the ASGI instrumentation: the root span of a client's request."""
     if _tracer is None or "asgi" in _disabled:
-        return app
+        return _without_client_trace_context(app, CLIENT_TRACE_HEADERS)
     from opentelemetry.instrumentation.asgi import OpenTelemetryMiddleware
+    from opentelemetry.propagate import get_global_textmap
 
-    return OpenTelemetryMiddleware(
+    # Whatever OTEL_PROPAGATORS reads (b3, jaeger, …) as well as the W3C headers.
+    fields = CLIENT_TRACE_HEADERS | {field.lower().encode("latin-1") for field in get_global_textmap().fields}
+    instrumented = OpenTelemetryMiddleware(
         app,
         excluded_urls=_excluded_urls(),
         default_span_details=_gateway_span_details,
         exclude_spans=["receive", "send"],
+        server_request_hook=_link_client_context,
     )
+    return _without_client_trace_context(instrumented, frozenset(fields))
+
+
+def _without_client_trace_context(app: ASGIApp, fields: frozenset[bytes]) -> ASGIApp:
+    """`app`, which never sees a client's trace headers (kept aside in the scope for the link)."""
+
+    async def stripped(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and any(name in fields for name, _ in scope["headers"]):
+            headers: list[tuple[bytes, bytes]] = scope["headers"]
+            scope["headers"] = [(name, value) for name, value in headers if name not in fields]
+            scope[_CLIENT_TRACE_CONTEXT] = {
+                name.decode("latin-1"): value.decode("latin-1") for name, value in headers if name in fields
+            }
+        await app(scope, receive, send)
+
+    return stripped
+
+
+def _link_client_context(span: Any, scope: Scope) -> None:
+    """The request's root span links to the client's own span, if it sent a valid context."""
+    carried = scope.get(_CLIENT_TRACE_CONTEXT)
+    if not carried:
+        return
+    from opentelemetry import trace
+    from opentelemetry.propagate import extract
+
+    client = trace.get_current_span(extract(carried)).get_span_context()
+    if client.is_valid:
+        span.add_link(client, {"orbilnot.link": "client trace context"})
 
 
 def isolate_requests(app: ASGIApp) -> ASGIApp:
@@ -171,7 +212,8 @@ def isolate_requests(app: ASGIApp) -> ASGIApp:
     previous response's last send (asyncio's callbacks keep the context they were scheduled in).
     The next request's server span then became an internal child of the previous request's, in
     its trace (seen in the e2e test: the gateway's POST /orders under the PUT /account before it).
-    Only the request's own `traceparent` header may give it a parent.
+    In the services only the request's own `traceparent` header (the gateway's) may give it a
+    parent; the gateway gives none to a client (instrument_gateway_app).
     """
     if _tracer is None:
         return app
