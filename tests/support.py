@@ -222,7 +222,7 @@ class Stack:
 @contextmanager
 def running_stack(infra: RunningInfra, logs: Path, topic_prefix: str, **env: str) -> Iterator[Stack]:
     """billing, order, notification and a gateway as `orbilnot serve` processes, with a database
-    and topics of their own (as tests/e2e's session stack, for a test that needs fresh counters)."""
+    and topics of their own (tests/e2e's session stack, and any test that needs a stack apart)."""
     database_url = asyncio.run(create_migrated_database(infra.database_url))
     stack = Stack(urls={}, env=stack_env(infra, database_url, topic_prefix, **env), logs=logs)
     ports = free_ports(4)

@@ -16,7 +16,7 @@ import pytest
 from orbilnot.infra import free_ports
 from orbilnot.infra.keycloak import API_AUDIENCE, LocalKeycloak
 from orbilnot.up import gateway_env
-from support import Stack, create_migrated_database, stack_env
+from support import Stack, create_migrated_database, running_stack, stack_env
 
 SERVICES = ("billing", "order", "notification")
 # Shared by every run (and with `orbilnot infra up --auth`), so the zip is fetched once.
@@ -25,17 +25,8 @@ KEYCLOAK_ZIP_CACHE = Path(__file__).resolve().parents[2] / ".orbilnot"
 
 @pytest.fixture(scope="session")
 def stack(infra, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:  # type: ignore[no-untyped-def]
-    database_url = asyncio.run(create_migrated_database(infra.database_url))
-    env = stack_env(infra, database_url, "e2e", TOPIC_PARTITIONS="3")
-    stack = Stack(urls={}, env=env, logs=tmp_path_factory.mktemp("stack-logs"))
-    ports = free_ports(4)
-    try:
-        for service, port in zip(SERVICES, ports, strict=False):
-            stack.start(service, service, port)
-        stack.start("gateway", "gateway", ports[3], gateway_env({}, stack.urls))
+    with running_stack(infra, tmp_path_factory.mktemp("stack-logs"), "e2e", TOPIC_PARTITIONS="3") as stack:
         yield stack
-    finally:
-        stack.stop_all()
 
 
 @pytest.fixture

@@ -4,16 +4,13 @@ outboxes and both topics; an OTLP/HTTP receiver inside the test gets what the ex
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Iterator
 
 import httpx
 import pytest
 
 from bench.otlp import OtlpReceiver, ReceivedSpan, ancestors, order_trace
-from orbilnot.infra import free_ports
-from orbilnot.up import gateway_env
-from support import Stack, create_migrated_database, eventually_sync, stack_env
+from support import Stack, eventually_sync, running_stack
 
 SERVICES = ("billing", "order", "notification")
 
@@ -26,24 +23,15 @@ def receiver() -> Iterator[OtlpReceiver]:
 
 @pytest.fixture(scope="module")
 def traced_stack(infra, receiver: OtlpReceiver, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:  # type: ignore[no-untyped-def]
-    database_url = asyncio.run(create_migrated_database(infra.database_url))
-    env = stack_env(
+    with running_stack(
         infra,
-        database_url,
+        tmp_path_factory.mktemp("traced-stack-logs"),
         "trace",
         OTEL_EXPORTER_OTLP_ENDPOINT=receiver.endpoint,
         OTEL_BSP_SCHEDULE_DELAY="100",  # ms: export soon after a span ends, not every 5 s
         LOG_FORMAT="json",
-    )
-    stack = Stack(urls={}, env=env, logs=tmp_path_factory.mktemp("traced-stack-logs"))
-    ports = free_ports(4)
-    try:
-        for service, port in zip(SERVICES, ports, strict=False):
-            stack.start(service, service, port)
-        stack.start("gateway", "gateway", ports[3], gateway_env({}, stack.urls))
+    ) as stack:
         yield stack
-    finally:
-        stack.stop_all()
 
 
 def test_one_order_is_one_trace_from_the_gateway_to_the_notification(
