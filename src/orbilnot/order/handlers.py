@@ -243,10 +243,11 @@ async def amend_order(
             .returning(*orders.c)
         )
     ).one()
-    await _record(
-        conn, topic, event_id, OrderEventType.CREATED, account_id, order_number, amount,
+    event = _event_row(
+        topic, event_id, OrderEventType.CREATED, account_id, order_number, amount,
         placed_by=row.owner_sub, placed_by_admin=row.placed_by_admin,
     )  # fmt: skip
+    await record(conn, outbox, [event])
     return Order.of(changed)
 
 
@@ -273,10 +274,11 @@ async def withdraw_order(
             .returning(*orders.c)
         )
     ).one()
-    await _record(
-        conn, topic, uuid.uuid4(), OrderEventType.CANCELLED, account_id, order_number, row.amount,
+    event = _event_row(
+        topic, uuid.uuid4(), OrderEventType.CANCELLED, account_id, order_number, row.amount,
         placed_by=row.owner_sub, placed_by_admin=row.placed_by_admin,
     )  # fmt: skip
+    await record(conn, outbox, [event])
     _count_transition(conn, OrderStatus(row.status), OrderStatus.REFUND_PENDING)
     return Order.of(refunding)
 
@@ -318,25 +320,6 @@ async def _lock_order(conn: AsyncConnection, account_id: UUID, order_number: str
             return row
         await savepoint.rollback()
     raise Conflict("the order is being changed by another request; try again")
-
-
-async def _record(
-    conn: AsyncConnection,
-    topic: str,
-    event_id: UUID,
-    event_type: OrderEventType,
-    account_id: UUID,
-    order_number: str,
-    amount: Decimal,
-    *,
-    placed_by: str | None,
-    placed_by_admin: bool,
-) -> None:
-    row = _event_row(
-        topic, event_id, event_type, account_id, order_number, amount,
-        placed_by=placed_by, placed_by_admin=placed_by_admin,
-    )  # fmt: skip
-    await record(conn, outbox, [row])
 
 
 def _event_row(
