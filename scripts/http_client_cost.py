@@ -1,10 +1,8 @@
-"""What one forwarded request costs the gateway's HTTP client (issue 10): httpx's pool transport as
-the gateway uses it, aiohttp's client, and a bare keep-alive pool (asyncio + httptools).
+"""What one forwarded request costs the gateway's HTTP client (issue 10): aiohttp's client as the
+gateway uses it (gateway/proxy.py), httpx's pool transport as the gateway used it before, and a
+bare keep-alive pool (asyncio + httptools), the least any client could cost.
 
     .venv/bin/python scripts/http_client_cost.py [--requests 4000] [--concurrency 8,32]
-
-aiohttp is not a dependency of orbilnot: install it into the virtualenv first to measure it
-(`.venv/bin/pip install aiohttp`); without it that client is skipped.
 
 Starts a stand-in upstream (uvicorn, a fixed small JSON answer, like POST /orders) on a free
 loopback port, then, for each client in a process of its own on uvloop: `concurrency` tasks send
@@ -24,7 +22,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any, cast
 
@@ -71,7 +69,8 @@ async def drive(one: One, requests: int, concurrency: int) -> tuple[float, float
 
 
 async def with_httpx(port: int, requests: int, concurrency: int) -> tuple[float, float]:
-    """As gateway/proxy.py does: pool transports of 8 connections, the least busy one per request."""
+    """As gateway/proxy.py did before aiohttp: pool transports of 8 connections, the least busy one
+    per request (httpcore's pool cost grows with its size)."""
     import httpx
 
     limits = httpx.Limits(max_connections=8, max_keepalive_connections=8, keepalive_expiry=2.0)
@@ -101,16 +100,30 @@ async def with_httpx(port: int, requests: int, concurrency: int) -> tuple[float,
 
 
 async def with_aiohttp(port: int, requests: int, concurrency: int) -> tuple[float, float]:
+    """As gateway/proxy.py does: one session, the body streamed, the URL taken as given, the pool
+    bounded by a semaphore of its own."""
     import aiohttp
+    from yarl import URL
 
-    connector = aiohttp.TCPConnector(limit=concurrency, keepalive_timeout=2.0)
-    skip = ("User-Agent", "Accept-Encoding", "Accept")
-    async with aiohttp.ClientSession(connector=connector, auto_decompress=False, skip_auto_headers=skip) as session:
-        headers = {name.decode(): value.decode() for name, value in HEADERS}
+    connector = aiohttp.TCPConnector(limit=concurrency, keepalive_timeout=2.0, use_dns_cache=False)
+    skip = ("User-Agent", "Accept", "Accept-Encoding", "Content-Type")
+    slots = asyncio.Semaphore(concurrency)
+    async with aiohttp.ClientSession(
+        connector=connector, auto_decompress=False, skip_auto_headers=skip, cookie_jar=aiohttp.DummyCookieJar()
+    ) as session:
+        headers = [("host", "order"), ("content-length", str(len(BODY)))]
+        headers += [(name.decode(), value.decode()) for name, value in HEADERS]
+
+        async def streamed() -> AsyncIterator[bytes]:  # the gateway streams the client's body through
+            yield BODY
 
         async def one() -> tuple[int, bytes]:
-            async with session.post(f"http://127.0.0.1:{port}/orders", data=BODY, headers=headers) as response:
-                return response.status, await response.read()
+            async with slots:
+                url = URL(f"http://127.0.0.1:{port}/orders", encoded=True)
+                response = await session.request("POST", url, data=streamed(), headers=headers, allow_redirects=False)
+                body = await response.read()
+                response.release()
+                return response.status, body
 
         return await drive(one, requests, concurrency)
 
@@ -162,7 +175,7 @@ async def with_raw_pool(port: int, requests: int, concurrency: int) -> tuple[flo
     return await drive(one, requests, concurrency)
 
 
-CLIENTS = {"httpx": with_httpx, "aiohttp": with_aiohttp, "raw-pool": with_raw_pool}
+CLIENTS = {"aiohttp": with_aiohttp, "httpx": with_httpx, "raw-pool": with_raw_pool}
 
 
 def free_port() -> int:
@@ -196,12 +209,6 @@ def main() -> None:
                     break
             time.sleep(0.05)
         for client in CLIENTS:
-            if client == "aiohttp":
-                try:
-                    import aiohttp  # noqa: F401
-                except ImportError:
-                    print("aiohttp   not installed: skipped")
-                    continue
             command = [sys.executable, __file__, "--client", client, "--port", str(port)]
             subprocess.run([*command, "--requests", str(args.requests), "--concurrency", args.concurrency], check=True)
     finally:

@@ -27,7 +27,6 @@ import uvicorn
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from orbilnot.gateway import create_app
-from orbilnot.gateway.proxy import ShardedPoolTransport
 from orbilnot.gateway.upstreams import Instance, Upstream
 from orbilnot.shared.config import GatewaySettings
 
@@ -202,10 +201,12 @@ def gateway_settings(
         billing_url=billing,
         order_url=order,
         notification_url=notification,
-        gateway_connect_timeout_s=1.0,
-        gateway_read_timeout_s=READ_TIMEOUT_S,
-        gateway_max_body_bytes=MAX_BODY,
-        **overrides,
+        **{
+            "gateway_connect_timeout_s": 1.0,
+            "gateway_read_timeout_s": READ_TIMEOUT_S,
+            "gateway_max_body_bytes": MAX_BODY,
+            **overrides,
+        },
     )
 
 
@@ -524,7 +525,10 @@ class HangingUpUpstream:
                 if self.requests <= self.drops:
                     break
                 assert b"content-length" not in head.lower()
-                writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                # A response to HEAD has no body (RFC 9110 §9.3.2): its bytes would be read as
+                # the next response's.
+                body = b"" if head.startswith(b"HEAD ") else b"ok"
+                writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n" + body)
                 await writer.drain()
         writer.close()
 
@@ -602,16 +606,128 @@ async def test_an_upstream_too_slow_to_answer_is_a_json_504_within_the_timeout(
     assert READ_TIMEOUT_S <= elapsed < READ_TIMEOUT_S + 1.0
 
 
-async def test_the_pool_shards_spread_concurrent_requests_and_count_every_one_back(stack: Stack) -> None:
-    transport = ShardedPoolTransport(4, httpx.Limits(max_connections=2, max_keepalive_connections=2))
-    async with httpx.AsyncClient(transport=transport, base_url=stack.gateway, trust_env=False) as client:
-        answers = await asyncio.gather(*(client.get("/account/") for _ in range(8)))
-        assert [answer.status_code for answer in answers] == [200] * 8
-        # 8 at once through 4 pools of 2 connections: no request waited for a connection.
-        assert sum(len(shard.transport._pool.connections) for shard in transport._shards) == 8
-        with refused_url() as dead, pytest.raises(httpx.ConnectError):
-            await client.get(dead)
-        assert [shard.in_flight for shard in transport._shards] == [0, 0, 0, 0]
+class RawUpstream:
+    """An upstream written at the socket level, for what a well-behaved server never does."""
+
+    def __init__(self, handle: Any) -> None:
+        self.handle = handle
+
+    @contextlib.asynccontextmanager
+    async def serving(self) -> AsyncIterator[str]:
+        server = await asyncio.start_server(self.handle, "127.0.0.1", 0)
+        async with server:
+            yield f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+
+
+async def test_an_upstream_that_stops_reading_the_body_is_a_json_504_within_the_timeout() -> None:
+    """Accepted, and then neither the body read nor an answer: once the socket buffers are full,
+    the write of the body waits on the upstream, and that wait is bounded like a read."""
+    taken, done = asyncio.Event(), asyncio.Event()
+
+    async def never_read(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        taken.set()
+        await done.wait()
+        writer.close()
+
+    big = 64 * 1024 * 1024  # far beyond what the loopback's socket buffers hold
+    async with RawUpstream(never_read).serving() as url:
+        settings = gateway_settings(billing=[url], order=[url], notification=[url], gateway_max_body_bytes=big)
+        async with serve(create_app(settings), lifespan="on") as gateway:
+            host, port = gateway.removeprefix("http://").split(":")
+            reader, writer = await asyncio.open_connection(host, int(port))
+            head = b"POST /account/ HTTP/1.1\r\nHost: gateway\r\nContent-Length: %d\r\n\r\n" % big
+            sending = asyncio.create_task(send_ignoring_errors(writer, head + bytes(big)))
+            try:
+                started = time.monotonic()
+                answer = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+                elapsed = time.monotonic() - started
+            finally:
+                sending.cancel()
+                writer.close()
+                done.set()
+    assert taken.is_set()
+    assert answer.startswith(b"HTTP/1.1 504 "), answer
+    assert elapsed < READ_TIMEOUT_S + 3.0
+
+
+async def send_ignoring_errors(writer: asyncio.StreamWriter, data: bytes) -> None:
+    with contextlib.suppress(ConnectionError):
+        writer.write(data)
+        await writer.drain()
+
+
+async def test_a_response_broken_off_midway_reaches_the_client_truncated() -> None:
+    """The status line is out when the upstream breaks off: the client must see the cut (its
+    connection closed before the declared length), never a shorter answer that looks complete."""
+
+    async def break_off(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\n" + b"x" * 10)
+        await writer.drain()
+        writer.close()
+
+    async with RawUpstream(break_off).serving() as url, gateway_to_billing(url) as client:
+        host, port = str(client.base_url).removeprefix("http://").rstrip("/").split(":")
+        reader, writer = await asyncio.open_connection(host, int(port))
+        try:
+            writer.write(b"GET /account/ HTTP/1.1\r\nHost: gateway\r\n\r\n")
+            answer = await asyncio.wait_for(reader.read(), 10)  # until the gateway closes it
+        finally:
+            writer.close()
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 "), head
+    assert b"content-length: 100" in head.lower()
+    assert body == b"x" * 10
+
+
+async def test_a_full_pool_is_a_json_503_and_frees_up_again() -> None:
+    """One pooled connection, taken by a slow request: the next request waits the connect timeout
+    for it and is answered 503 (the gateway is saturated, not the upstream)."""
+    billing = EchoUpstream("billing-one-connection")
+    async with serve(billing) as billing_url:
+        settings = gateway_settings(
+            billing=[billing_url],
+            order=[billing_url],
+            notification=[billing_url],
+            gateway_upstream_connections=1,
+            gateway_read_timeout_s=10.0,
+            gateway_connect_timeout_s=0.3,
+        )
+        async with (
+            serve(create_app(settings), lifespan="on") as gateway,
+            httpx.AsyncClient(base_url=gateway, timeout=20, trust_env=False) as client,
+        ):
+            slow = asyncio.create_task(client.get("/account/?delay=1.5"))
+            deadline = time.monotonic() + STARTUP_DEADLINE_S
+            while billing.requests == 0:
+                assert time.monotonic() < deadline, "the slow request never reached the upstream"
+                await asyncio.sleep(0.01)
+            started = time.monotonic()
+            busy = await client.get("/account/")
+            waited = time.monotonic() - started
+            assert busy.status_code == 503
+            assert busy.json() == {"detail": "gateway busy: no connection free for billing"}
+            assert 0.3 <= waited < 1.3
+            assert billing.requests == 1
+            assert (await slow).status_code == 200
+            assert (await client.get("/account/")).status_code == 200
+
+
+async def test_the_upstream_gets_no_header_the_client_did_not_send(stack: Stack) -> None:
+    """No User-Agent, Accept, Accept-Encoding or Content-Type of the gateway's own: only the client's
+    headers and the forwarding ones."""
+    request = b"POST /account/?bare=1 HTTP/1.1\r\nHost: gateway\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}"
+    status, body = await raw_exchange(stack.gateway, request)
+    assert status == 200, body
+    received = sorted(name for name, _ in json.loads(body)["headers"])
+    assert received == [
+        "content-length",
+        "host",
+        "x-forwarded-for",
+        "x-forwarded-host",
+        "x-forwarded-proto",
+        "x-request-id",
+    ]
 
 
 # --- CORS ------------------------------------------------------------------------------------------

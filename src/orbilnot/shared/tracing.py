@@ -4,8 +4,8 @@ notification (README, "Tracing").
 Off unless the standard `OTEL_*` variables ask for it (`wanted`), and then nothing of
 OpenTelemetry is even imported: every hook below is a check of one module variable. On, `setup`
 builds the SDK from those variables (OTLP over HTTP/protobuf) and instruments what has a
-maintained instrumentation: the ASGI servers (FastAPI's for the services), httpx (the gateway's
-requests to the services) and SQLAlchemy (every statement). Kafka gets spans of our own, because
+maintained instrumentation: the ASGI servers (FastAPI's for the services), aiohttp's client (the
+gateway's requests to the services) and SQLAlchemy (every statement). Kafka gets spans of our own, because
 the outbox splits a message's life in two:
 
 - a state change records its event in the outbox *with* the trace context of the moment
@@ -115,10 +115,11 @@ def setup(service: str, environ: Mapping[str, str] = os.environ) -> bool:
         provider.add_span_processor(BatchSpanProcessor(exporter))
     trace.set_tracer_provider(provider)
 
-    if "httpx" not in _disabled:
-        from opentelemetry.instrumentation.httpx import HTTPXClientInstrumentor
+    if "aiohttp-client" not in _disabled:
+        # Every aiohttp session made from now on: the gateway's client to the services (proxy.py).
+        from opentelemetry.instrumentation.aiohttp_client import AioHttpClientInstrumentor
 
-        HTTPXClientInstrumentor().instrument()
+        AioHttpClientInstrumentor().instrument()
     _tracer = trace.get_tracer("orbilnot")
     return True
 
