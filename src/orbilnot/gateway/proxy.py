@@ -34,6 +34,7 @@ from contextlib import asynccontextmanager
 
 import aiohttp
 from aiohttp import ClientHandlerType, ClientRequest, ClientResponse
+from aiohttp.payload import AsyncIterablePayload
 from prometheus_client import Counter
 from starlette.responses import JSONResponse
 from starlette.types import Receive, Scope, Send
@@ -166,7 +167,10 @@ class Proxy:
     async def running(self) -> AsyncIterator[None]:
         """Open the connection pool for the lifetime of the app (used in its lifespan)."""
         connector = aiohttp.TCPConnector(
-            limit=self._pool_connections,  # never reached while `_slots` holds (it is the same)
+            # The bound of `_slots`, which a request takes first: it waits here at most for a
+            # connection aiohttp is still letting go of (the upstream answered before taking the
+            # whole body, and the writer is being cancelled).
+            limit=self._pool_connections,
             limit_per_host=0,
             keepalive_timeout=POOL_KEEPALIVE_EXPIRY_S,
             # Each new connection looks its host up again, as httpx did: a service's address may
@@ -319,7 +323,8 @@ class Proxy:
             method,
             URL(url, encoded=True),
             headers=headers,
-            data=body,
+            # A payload already: aiohttp would otherwise find the right one by isinstance checks.
+            data=None if body is None else AsyncIterablePayload(body),
             allow_redirects=False,
         )
         if body is None:
