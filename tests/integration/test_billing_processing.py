@@ -182,3 +182,40 @@ async def test_an_order_is_paid_only_for_the_account_owner_or_an_admin(engine: A
     assert charged >= {by_alice.order_number, by_admin.order_number}
     assert not charged & {by_bob.order_number, auth_off.order_number}
     assert balance == Decimal(90)  # 100 - 10 (alice) - 30 (admin) + 30 (refunded)
+
+
+async def test_the_consumer_decides_what_it_stores_in_its_own_transaction(engine: AsyncEngine) -> None:
+    """Billing's consumer handler stores a batch and decides it before its one commit: a
+    redelivered copy changes nothing, and a RECEIVED row left from before (a crashed replica's)
+    is decided first, with the handler saying that more may wait for the processor."""
+    from orbilnot.billing.handlers import receive_and_decide_order_events
+
+    async with engine.begin() as conn:
+        account = await open_account(conn, Decimal(100))
+    left_over = order_event(account, Decimal(5))
+    async with engine.begin() as conn:
+        await receive_order_events(conn, [left_over])  # stored, never decided
+    batch = [order_event(account, Decimal(10)), order_event(account, Decimal(20))]
+
+    async with engine.begin() as conn:
+        # Its claim takes one more than the batch: here the left-over filled it, so more may wait.
+        assert await receive_and_decide_order_events(conn, batch, topic="payment.event")
+    async with engine.begin() as conn:
+        assert not await receive_and_decide_order_events(conn, batch, topic="payment.event"), "a copy: nothing new"
+
+    async with engine.connect() as conn:
+        statuses = dict((await conn.execute(select(order_events.c.event_id, order_events.c.status))).all())
+        balance = await conn.scalar(select(accounts.c.balance).where(accounts.c.id == account))
+        results = await conn.scalar(select(func.count()).select_from(outbox))
+    assert statuses == {event.event_id: "PAYMENT_CONFIRMED" for event in (left_over, *batch)}
+    assert balance == 100 - 5 - 10 - 20
+    assert results == 3
+
+    # More left over than the batch's claim takes: the handler says so.
+    async with engine.begin() as conn:
+        await receive_order_events(conn, [order_event(account, Decimal(1)) for _ in range(3)])
+    async with engine.begin() as conn:
+        assert await receive_and_decide_order_events(conn, [order_event(account, Decimal(1))], topic="payment.event")
+    async with engine.connect() as conn:
+        waiting = await conn.scalar(select(func.count()).where(order_events.c.status == "RECEIVED"))
+    assert waiting == 2

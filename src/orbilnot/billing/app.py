@@ -3,20 +3,23 @@
 from __future__ import annotations
 
 import functools
+from collections.abc import Sequence
 
 from fastapi import FastAPI
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from orbilnot.billing import handlers
 from orbilnot.billing.api import router
 from orbilnot.billing.tables import order_events, outbox
 from orbilnot.model import OrderEvent
 from orbilnot.shared.config import ServiceSettings
+from orbilnot.shared.db import after_commit
 from orbilnot.shared.service import ServiceKernel, create_service_app
 
 
 def build_kernel(settings: ServiceSettings) -> ServiceKernel:
     kernel = ServiceKernel(settings, service="billing")
-    # seed: SendPaymentProcessingResultsScheduler — woken by the processor's commits.
+    # seed: SendPaymentProcessingResultsScheduler — woken by the commits that decide orders.
     relay = kernel.relay("billing.outbox", outbox)
 
     async def process_step() -> bool:
@@ -27,15 +30,22 @@ def build_kernel(settings: ServiceSettings) -> ServiceKernel:
             relay.wake()
         return processed == settings.relay_batch_size
 
-    # seed: ReceivedOrderEventsProcessingScheduler — here woken by the listener's commit.
+    # seed: ReceivedOrderEventsProcessingScheduler — here for what the listener left RECEIVED
+    # (woken by it), and as the safety net for what a crashed replica left.
     processor = kernel.worker("billing.processor", process_step)
-    # seed: OrderEventsListener — stores into the inbox, then wakes the processor.
+
+    async def receive(conn: AsyncConnection, events: Sequence[OrderEvent]) -> None:
+        if await handlers.receive_and_decide_order_events(conn, events, topic=settings.payment_event_topic):
+            after_commit(conn, processor.wake)
+
+    # seed: OrderEventsListener — stores into the inbox and decides what it stored, in one
+    # transaction; the results go out through the relay, woken once that commits.
     kernel.consumer(
         settings.order_event_topic,
         OrderEvent,
-        handlers.receive_order_events,
+        receive,
         park=functools.partial(handlers.park_order_event, topic=settings.payment_event_topic),
-        after_commit=processor.wake,
+        after_commit=relay.wake,
     )
     kernel.backlog("billing.inbox", order_events.c.received_at, order_events.c.status == "RECEIVED")
     return kernel

@@ -171,6 +171,22 @@ async def receive_order_events(conn: AsyncConnection, events: Sequence[OrderEven
     await conn.execute(insert_rows(order_events, rows).on_conflict_do_nothing(index_elements=[order_events.c.event_id]))
 
 
+async def receive_and_decide_order_events(conn: AsyncConnection, events: Sequence[OrderEvent], *, topic: str) -> bool:
+    """The consumer's handler: store the batch in the inbox (`receive_order_events`) and decide
+    the RECEIVED rows, up to one more than it held (`process_received_events`), in the consumer's
+    transaction.
+
+    One transaction for what took two (the consumer's insert, then the processor's claim, its
+    commit and a wake-up in between): the inbox still dedupes first and the processor's rules
+    (account locks in id order, one-by-one parking) are the same code. True when the claim was
+    full, so RECEIVED rows may be left (older ones, left by a crashed replica, claimed first):
+    the processor's worker then decides them. (A claim of just as many as the batch held would
+    be full at every batch, and wake the worker for nothing.)"""
+    await receive_order_events(conn, events)
+    limit = len(events) + 1
+    return await process_received_events(conn, limit, topic=topic) == limit
+
+
 async def park_order_event(conn: AsyncConnection, event: OrderEvent, reason: str, *, topic: str) -> bool:
     """The consumer's `park`, for an order event that could not even be stored as RECEIVED, on its
     own: it is stored PARKED instead, with the error, and answered at once as the processor answers
