@@ -3,17 +3,14 @@
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
 
 from fastapi import FastAPI
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 from orbilnot.billing import handlers
 from orbilnot.billing.api import router
 from orbilnot.billing.tables import order_events, outbox
 from orbilnot.model import OrderEvent
 from orbilnot.shared.config import ServiceSettings
-from orbilnot.shared.db import after_commit
 from orbilnot.shared.service import ServiceKernel, create_service_app
 
 
@@ -30,20 +27,15 @@ def build_kernel(settings: ServiceSettings) -> ServiceKernel:
             relay.wake()
         return processed == settings.relay_batch_size
 
-    # seed: ReceivedOrderEventsProcessingScheduler — here for what the listener left RECEIVED
-    # (woken by it), and as the safety net for what a crashed replica left.
+    # seed: ReceivedOrderEventsProcessingScheduler — here only the safety net: the listener
+    # decides what it consumes; this finds RECEIVED rows that an older version left behind.
     processor = kernel.worker("billing.processor", process_step)
-
-    async def receive(conn: AsyncConnection, events: Sequence[OrderEvent]) -> None:
-        if await handlers.receive_and_decide_order_events(conn, events, topic=settings.payment_event_topic):
-            after_commit(conn, processor.wake)
-
-    # seed: OrderEventsListener — stores into the inbox and decides what it stored, in one
-    # transaction; the results go out through the relay, woken once that commits.
+    # seed: OrderEventsListener — decides each new order event and stores it in the inbox with
+    # its result, in one transaction; the results go out through the relay, woken once that commits.
     kernel.consumer(
         settings.order_event_topic,
         OrderEvent,
-        receive,
+        functools.partial(handlers.receive_and_decide_order_events, topic=settings.payment_event_topic),
         park=functools.partial(handlers.park_order_event, topic=settings.payment_event_topic),
         after_commit=relay.wake,
     )
