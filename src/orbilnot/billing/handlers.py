@@ -31,6 +31,7 @@ from orbilnot.shared.observability import FLOW_LATENCY_BUCKETS, ORDER_CREATED_AT
 from orbilnot.shared.outbox import outbox_row, record
 from orbilnot.shared.pagination import DEFAULT_LIMIT, Page
 from orbilnot.shared.retry import FailureTracker, in_transaction
+from orbilnot.shared.unnest import arrays, insert_columns, unnest_columns
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +63,33 @@ _LOCK_ACCOUNTS = (
 )
 _KNOWN_EVENTS = select(order_events.c.event_id).where(
     order_events.c.event_id == any_(bindparam("ids", type_=ARRAY(order_events.c.event_id.type)))
+)
+_DECIDED_COLUMNS = (
+    "event_id",
+    "event_type",
+    "account_id",
+    "order_number",
+    "amount",
+    "occurred_at",
+    "placed_by",
+    "placed_by_admin",
+    "trace_context",
+    "status",
+    "description",
+    "result_event_id",
+)
+_STORE_DECIDED = (
+    insert_columns(order_events, _DECIDED_COLUMNS, processed_at=func.now())
+    .on_conflict_do_nothing(index_elements=[order_events.c.event_id])
+    .returning(order_events.c.event_id)
+)
+_LEDGER_COLUMNS = ("account_id", "kind", "amount", "balance_after", "order_number")
+_WRITE_LEDGER = insert_columns(ledger, _LEDGER_COLUMNS)
+_balance_changes = unnest_columns(accounts, ("id", "balance", "refundable"))
+_CHANGE_BALANCES = (
+    update(accounts)
+    .where(accounts.c.id == _balance_changes.c.id)
+    .values(balance=_balance_changes.c.balance, refundable=_balance_changes.c.refundable, updated_at=func.now())
 )
 
 
@@ -468,18 +496,14 @@ async def _decide(
 
     if entries:
         await _write_ledger(conn, entries)
-        changed = {entry["account_id"] for entry in entries}
-        balance_changes = unnest_rows(
-            accounts,
-            [
-                {"id": account_id, "balance": balances[account_id], "refundable": refundables[account_id]}
-                for account_id in sorted(changed)
-            ],
-        )
+        changed = sorted({entry["account_id"] for entry in entries})
         await conn.execute(
-            update(accounts)
-            .where(accounts.c.id == balance_changes.c.id)
-            .values(balance=balance_changes.c.balance, refundable=balance_changes.c.refundable, updated_at=func.now())
+            _CHANGE_BALANCES,
+            {
+                "rows_id": changed,
+                "rows_balance": [balances[account_id] for account_id in changed],
+                "rows_refundable": [refundables[account_id] for account_id in changed],
+            },
         )
     if stored:
         await _set_decided(conn, results)
@@ -546,17 +570,7 @@ async def _store_decided(
         }
         for row, result in zip(rows, results, strict=True)
     ]
-    batch = unnest_rows(order_events, stored, numbered=True)
-    names = list(stored[0])
-    inserted = await conn.scalars(
-        pg_insert(order_events)
-        .from_select(
-            [*names, "processed_at"],
-            select(*(batch.c[name] for name in names), func.now()).order_by(batch.c.ordinality),
-        )
-        .on_conflict_do_nothing(index_elements=[order_events.c.event_id])
-        .returning(order_events.c.event_id)
-    )
+    inserted = await conn.scalars(_STORE_DECIDED, arrays(stored, _DECIDED_COLUMNS))
     if len(inserted.all()) != len(stored):
         raise _InboxDroppedARow
 
@@ -626,4 +640,4 @@ def _entry(
 
 async def _write_ledger(conn: AsyncConnection, entries: list[dict[str, Any]]) -> None:
     # In one statement, in order: entries of one account get ids in the order their balances follow.
-    await conn.execute(insert_rows(ledger, entries))
+    await conn.execute(_WRITE_LEDGER, arrays(entries, _LEDGER_COLUMNS))

@@ -18,9 +18,10 @@ from orbilnot.notification.domain import render
 from orbilnot.notification.tables import notifications, parked_events
 from orbilnot.shared.auth import Caller
 from orbilnot.shared.consumer import consumed_record
-from orbilnot.shared.db import after_commit, insert_rows
+from orbilnot.shared.db import after_commit
 from orbilnot.shared.observability import FLOW_LATENCY_BUCKETS, ORDER_CREATED_AT_HEADER
 from orbilnot.shared.pagination import DEFAULT_LIMIT, Page, lock_account_lists
+from orbilnot.shared.unnest import arrays, insert_columns
 
 NOTIFICATIONS_LIST = "notification_service.notifications"
 
@@ -30,6 +31,11 @@ NOTIFICATION_LATENCY = Histogram(
     "notification stored; observed once the notification is committed",
     buckets=FLOW_LATENCY_BUCKETS,
 )
+
+
+_COLUMNS = ("id", "event_id", "account_id", "owner_sub", "order_number", "notification_type", "title", "body")
+# Built once (shared/unnest.py): a batch's values are its parameters.
+_STORE = insert_columns(notifications, _COLUMNS).on_conflict_do_nothing().returning(notifications.c.event_id)
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,11 +72,7 @@ async def store_notifications(conn: AsyncConnection, events: Sequence[PaymentEve
                 "body": message.body,
             }
         )
-    stored = set(
-        await conn.scalars(
-            insert_rows(notifications, rows).on_conflict_do_nothing().returning(notifications.c.event_id)
-        )
-    )
+    stored = set(await conn.scalars(_STORE, arrays(rows, _COLUMNS)))
     # A duplicate is not returned (nor a second copy within the batch): it was observed when it
     # was stored the first time.
     created_at: list[datetime] = []
