@@ -182,3 +182,55 @@ async def test_an_order_is_paid_only_for_the_account_owner_or_an_admin(engine: A
     assert charged >= {by_alice.order_number, by_admin.order_number}
     assert not charged & {by_bob.order_number, auth_off.order_number}
     assert balance == Decimal(90)  # 100 - 10 (alice) - 30 (admin) + 30 (refunded)
+
+
+async def test_the_consumer_decides_what_it_stores_in_its_own_transaction(engine: AsyncEngine) -> None:
+    """Billing's consumer handler decides a batch and stores it in the inbox already decided,
+    with its results, before its one commit: no row is ever RECEIVED, a copy in the batch or
+    redelivered later changes nothing, and a copy whose decision the inbox refuses to store (a
+    RECEIVED row of the same event: stored meanwhile by the long way) sends the batch the long
+    way, deciding that row and the rest once."""
+    from orbilnot.billing.handlers import receive_and_decide_order_events
+
+    async with engine.begin() as conn:
+        account = await open_account(conn, Decimal(100))
+    batch = [order_event(account, Decimal(10)), order_event(account, Decimal(20))]
+    async with engine.begin() as conn:
+        await receive_and_decide_order_events(conn, [*batch, batch[0]], topic="payment.event")
+        assert await conn.scalar(select(func.count()).where(order_events.c.status == "RECEIVED")) == 0
+    async with engine.begin() as conn:
+        await receive_and_decide_order_events(conn, batch, topic="payment.event")  # redelivered
+
+    async with engine.connect() as conn:
+        statuses = dict((await conn.execute(select(order_events.c.event_id, order_events.c.status))).all())
+        balance = await conn.scalar(select(accounts.c.balance).where(accounts.c.id == account))
+        results = await conn.scalar(select(func.count()).select_from(outbox))
+    assert statuses == {event.event_id: "PAYMENT_CONFIRMED" for event in batch}
+    assert balance == 100 - 10 - 20
+    assert results == 2
+
+    # A transaction that did not lock the account stores the same event while ours decides:
+    # the inbox drops our decided row, and the batch goes the long way.
+    raced, other = order_event(account, Decimal(5)), order_event(account, Decimal(7))
+    from orbilnot.billing import handlers
+
+    real = handlers._store_decided
+
+    async def stored_meanwhile(*args: object) -> None:
+        async with engine.begin() as elsewhere:
+            await receive_order_events(elsewhere, [raced])
+        await real(*args)  # type: ignore[arg-type]
+
+    async with engine.begin() as conn:
+        handlers._store_decided = stored_meanwhile  # type: ignore[assignment]
+        try:
+            await receive_and_decide_order_events(conn, [raced, other], topic="payment.event")
+        finally:
+            handlers._store_decided = real
+    async with engine.connect() as conn:
+        statuses = dict((await conn.execute(select(order_events.c.event_id, order_events.c.status))).all())
+        balance = await conn.scalar(select(accounts.c.balance).where(accounts.c.id == account))
+        results = await conn.scalar(select(func.count()).select_from(outbox))
+    assert statuses[raced.event_id] == statuses[other.event_id] == "PAYMENT_CONFIRMED"
+    assert balance == 100 - 10 - 20 - 5 - 7
+    assert results == 4

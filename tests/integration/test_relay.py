@@ -48,8 +48,15 @@ async def drain(relay: OutboxRelay) -> None:
 
 
 def relay_for(
-    engine: AsyncEngine, producer: ProducerHandle, batch_size: int = 7, retention: timedelta | None = None
+    engine: AsyncEngine,
+    producer: ProducerHandle,
+    batch_size: int = 7,
+    retention: timedelta | None = None,
+    *,
+    holding_locks: bool = False,
 ) -> OutboxRelay:
+    """The order service's relay; `holding_locks`: one with no `on_attempt`, as billing's, which
+    holds its rows by their locks while it sends (shared/relay.py)."""
     return OutboxRelay(
         "test",
         outbox,
@@ -57,10 +64,14 @@ def relay_for(
         producer=producer,
         batch_size=batch_size,
         poll_interval_s=0.1,
-        on_attempt=mark_attempted,
+        on_attempt=None if holding_locks else mark_attempted,
         retention=retention,
         sweep_batch_size=2,
     )
+
+
+# Both ways of holding a batch while it is sent: a committed lease, or row locks.
+both_ways = pytest.mark.parametrize("holding_locks", [False, True], ids=["lease", "locks"])
 
 
 async def create_topic(infra, max_message_bytes: int) -> str:  # type: ignore[no-untyped-def]
@@ -121,16 +132,17 @@ async def test_the_outbox_headers_travel_as_kafka_headers(
     assert dict(record.headers) == {"traceparent": b"00-abc-def-01"}
 
 
+@both_ways
 async def test_two_relays_at_once_never_publish_a_row_twice(
-    database_url: str, producer: ProducerHandle, topic: str, infra
+    database_url: str, producer: ProducerHandle, topic: str, infra, holding_locks: bool
 ) -> None:
     # Two engines: two connection pools, as two replicas would have.
     first_engine, second_engine = create_async_engine(database_url), create_async_engine(database_url)
     try:
         committed = await place_orders(first_engine, topic, 300)
         await asyncio.gather(
-            drain(relay_for(first_engine, producer, batch_size=10)),
-            drain(relay_for(second_engine, producer, batch_size=10)),
+            drain(relay_for(first_engine, producer, batch_size=10, holding_locks=holding_locks)),
+            drain(relay_for(second_engine, producer, batch_size=10, holding_locks=holding_locks)),
         )
         records = await read_topic(infra.kafka_bootstrap_servers, topic, at_least=300, settle_s=1.0)
         event_ids = [json.loads(r.value)["eventId"] for r in records]
@@ -141,22 +153,24 @@ async def test_two_relays_at_once_never_publish_a_row_twice(
         await second_engine.dispose()
 
 
+@both_ways
 async def test_a_failed_publish_leaves_the_rows_to_publish_again(
-    engine: AsyncEngine, producer: ProducerHandle, topic: str, infra
+    engine: AsyncEngine, producer: ProducerHandle, topic: str, infra, holding_locks: bool
 ) -> None:
     committed = await place_orders(engine, topic, 3)
     not_connected = ProducerHandle(infra.kafka_bootstrap_servers, client_id="never-started")
     with pytest.raises(RuntimeError):
-        await relay_for(engine, not_connected).publish_batch()
+        await relay_for(engine, not_connected, holding_locks=holding_locks).publish_batch()
     assert await unpublished(engine) == 3
 
-    await drain(relay_for(engine, producer))
+    await drain(relay_for(engine, producer, holding_locks=holding_locks))
     records = await read_topic(infra.kafka_bootstrap_servers, topic, at_least=3)
     assert {json.loads(r.value)["orderNumber"] for r in records} == committed
 
 
+@both_ways
 async def test_nothing_is_marked_published_that_the_broker_refused(
-    engine: AsyncEngine, producer: ProducerHandle, infra
+    engine: AsyncEngine, producer: ProducerHandle, infra, holding_locks: bool
 ) -> None:
     """The relay's central promise. The broker takes the connection but refuses every message
     (the topic's `max.message.bytes` is smaller than any event): a relay that did not wait for the
@@ -165,12 +179,13 @@ async def test_nothing_is_marked_published_that_the_broker_refused(
     refusing = await create_topic(infra, max_message_bytes=64)
     await place_orders(engine, refusing, 5)
 
-    await relay_for(engine, producer).publish_batch()
+    await relay_for(engine, producer, holding_locks=holding_locks).publish_batch()
 
     assert await unpublished(engine) == 5
     async with engine.connect() as conn:
         rows = (await conn.execute(select(outbox.c.attempts, outbox.c.error))).all()
-    assert [row.attempts for row in rows] == [1] * 5, "the attempt was recorded before sending"
+    # Before sending with a lease; with the locks, in the transaction that sets them aside.
+    assert [row.attempts for row in rows] == [1] * 5, "the attempt was recorded"
     assert all(row.error and "MessageSizeTooLarge" in row.error for row in rows), rows
 
 
@@ -220,8 +235,38 @@ async def test_the_ack_then_rollback_window_never_lets_an_order_look_unsent(
     assert await unpublished(engine) == 0
 
 
+async def test_a_relay_holding_locks_lets_go_of_its_rows_as_soon_as_its_transaction_ends(
+    engine: AsyncEngine, producer: ProducerHandle, topic: str, infra, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Billing's relay (no `on_attempt`) claims by row locks, not a committed lease: when marking
+    its rows published fails after the broker's acks, the rows are unpublished and free again at
+    once (no lease to wait for), and the next batch sends the same events again, with the same ids."""
+    await place_orders(engine, topic, 3)
+    relay = relay_for(engine, producer, holding_locks=True)
+
+    async def fail_after_the_acks(*_: object) -> None:
+        raise AckedThenRolledBack
+
+    monkeypatch.setattr(relay, "_mark_published", fail_after_the_acks)
+    with pytest.raises(AckedThenRolledBack):
+        await relay.publish_batch()
+    first = await read_topic(infra.kafka_bootstrap_servers, topic, at_least=3)
+    async with engine.connect() as conn:
+        attempts = list(await conn.scalars(select(outbox.c.attempts)))
+    assert attempts == [0, 0, 0], "nothing of the rolled-back attempt stays"
+
+    await drain(relay_for(engine, producer, holding_locks=True))
+    records = await read_topic(infra.kafka_bootstrap_servers, topic, at_least=6)
+    ids = [json.loads(r.value)["eventId"] for r in first]
+    assert sorted(json.loads(r.value)["eventId"] for r in records) == sorted(ids * 2)
+    assert await unpublished(engine) == 0
+    async with engine.connect() as conn:
+        assert list(await conn.scalars(select(outbox.c.attempts))) == [1, 1, 1]
+
+
+@both_ways
 async def test_a_message_the_broker_refuses_on_its_own_is_set_aside_and_the_others_flow(
-    engine: AsyncEngine, producer: ProducerHandle, infra
+    engine: AsyncEngine, producer: ProducerHandle, infra, holding_locks: bool
 ) -> None:
     """One partition, so the relay's messages share the broker's batches: a message larger than the
     topic takes (refused by the broker) and one larger than any request (refused by the client)
@@ -236,8 +281,10 @@ async def test_a_message_the_broker_refuses_on_its_own_is_set_aside_and_the_othe
         await record(conn, outbox, events)
     refused_before = REGISTRY.get_sample_value("orbilnot_relay_refused_total", {"source": "test"}) or 0.0
 
-    await drain(relay_for(engine, producer))
-    assert not await relay_for(engine, producer).publish_batch(), "refused rows are not claimed again"
+    await drain(relay_for(engine, producer, holding_locks=holding_locks))
+    assert not await relay_for(engine, producer, holding_locks=holding_locks).publish_batch(), (
+        "refused rows are not claimed again"
+    )
 
     published = await read_topic(infra.kafka_bootstrap_servers, limited, at_least=3)
     assert [r.value for r in published] == [b'"first"', b'"second"', b'"third"']
@@ -281,8 +328,9 @@ async def test_published_rows_are_swept_after_their_retention_in_bounded_batches
     assert len(left) == 3  # the unpublished old one, the recent published one, the new one
 
 
+@both_ways
 async def test_a_refused_message_in_its_own_producer_batch_does_not_stall_the_partition(
-    engine: AsyncEngine, producer: ProducerHandle, infra
+    engine: AsyncEngine, producer: ProducerHandle, infra, holding_locks: bool
 ) -> None:
     """The refused message is larger than a producer batch (16 KB), so it goes out in a batch of
     its own and the one behind it in the next: the broker refuses the first, and the idempotent
@@ -296,7 +344,7 @@ async def test_a_refused_message_in_its_own_producer_batch_does_not_stall_the_pa
     async with engine.begin() as conn:
         await record(conn, outbox, events)
 
-    await drain(relay_for(engine, producer))
+    await drain(relay_for(engine, producer, holding_locks=holding_locks))
 
     published = await read_topic(infra.kafka_bootstrap_servers, limited, at_least=2)
     assert [r.value for r in published] == [b'"first"', b'"second"']

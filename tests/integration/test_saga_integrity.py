@@ -11,6 +11,7 @@ import uuid
 from datetime import UTC, datetime
 from decimal import Decimal
 
+import pytest
 from prometheus_client import REGISTRY
 from sqlalchemy import insert, select, text
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -116,6 +117,52 @@ async def test_an_event_that_fails_on_its_own_is_parked_and_holds_back_no_other(
     assert reason is not None and "injected failure" in reason
     assert balances == {innocent: Decimal(60), culprit: Decimal(100)}
     assert '"paymentEventType":"PAYMENT_DENIED"' in answer.replace(" ", "")
+
+
+async def test_billings_consumer_parks_an_event_that_fails_on_its_own_and_decides_the_others(
+    engine: AsyncEngine,
+) -> None:
+    """The consumer decides what it consumes (`receive_and_decide_order_events`): when its batch
+    fails on one event, it goes the long way in the same transaction, so that event is parked and
+    answered and the others are decided; a transient failure is raised, for the consumer to run
+    the whole transaction again, never parked."""
+    from sqlalchemy.exc import DBAPIError
+
+    from orbilnot.billing.handlers import receive_and_decide_order_events
+
+    async with engine.begin() as conn:
+        innocent, culprit = await open_account(conn, Decimal(100)), await open_account(conn, Decimal(100))
+    before, bad, after = (
+        order_event(innocent, Decimal(10)),
+        order_event(culprit, Decimal(20)),
+        order_event(innocent, Decimal(30)),
+    )
+    await fail_ledger_writes_for(engine, bad.order_number, "P0001", times=None)
+    async with engine.begin() as conn:
+        await receive_and_decide_order_events(conn, [before, bad, after], topic="payment.event")
+
+    assert await statuses(engine, before, bad, after) == ["PAYMENT_CONFIRMED", "PARKED", "PAYMENT_CONFIRMED"]
+    async with engine.connect() as conn:
+        balances = dict((await conn.execute(select(accounts.c.id, accounts.c.balance))).all())
+        answers = list(
+            await conn.scalars(
+                text("SELECT value FROM billing.outbox WHERE value::jsonb->>'orderNumber' = :n"),
+                {"n": bad.order_number},
+            )
+        )
+    assert balances == {innocent: Decimal(60), culprit: Decimal(100)}
+    assert len(answers) == 1 and '"paymentEventType":"PAYMENT_DENIED"' in answers[0].replace(" ", "")
+
+    async with engine.begin() as conn:
+        await conn.execute(text("DROP TRIGGER inject_failure ON billing.ledger"))
+    transient = order_event(culprit, Decimal(5))
+    await fail_ledger_writes_for(engine, transient.order_number, "40001", times=1)
+    with pytest.raises(DBAPIError):
+        async with engine.begin() as conn:
+            await receive_and_decide_order_events(conn, [transient], topic="payment.event")
+    async with engine.begin() as conn:  # the consumer's retry
+        await receive_and_decide_order_events(conn, [transient], topic="payment.event")
+    assert await statuses(engine, transient) == ["PAYMENT_CONFIRMED"]
 
 
 async def test_a_serialization_failure_is_retried_not_parked(engine: AsyncEngine) -> None:

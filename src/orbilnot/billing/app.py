@@ -16,7 +16,7 @@ from orbilnot.shared.service import ServiceKernel, create_service_app
 
 def build_kernel(settings: ServiceSettings) -> ServiceKernel:
     kernel = ServiceKernel(settings, service="billing")
-    # seed: SendPaymentProcessingResultsScheduler — woken by the processor's commits.
+    # seed: SendPaymentProcessingResultsScheduler — woken by the commits that decide orders.
     relay = kernel.relay("billing.outbox", outbox)
 
     async def process_step() -> bool:
@@ -27,15 +27,17 @@ def build_kernel(settings: ServiceSettings) -> ServiceKernel:
             relay.wake()
         return processed == settings.relay_batch_size
 
-    # seed: ReceivedOrderEventsProcessingScheduler — here woken by the listener's commit.
+    # seed: ReceivedOrderEventsProcessingScheduler — here only the safety net: the listener
+    # decides what it consumes; this finds RECEIVED rows that an older version left behind.
     processor = kernel.worker("billing.processor", process_step)
-    # seed: OrderEventsListener — stores into the inbox, then wakes the processor.
+    # seed: OrderEventsListener — decides each new order event and stores it in the inbox with
+    # its result, in one transaction; the results go out through the relay, woken once that commits.
     kernel.consumer(
         settings.order_event_topic,
         OrderEvent,
-        handlers.receive_order_events,
+        functools.partial(handlers.receive_and_decide_order_events, topic=settings.payment_event_topic),
         park=functools.partial(handlers.park_order_event, topic=settings.payment_event_topic),
-        after_commit=processor.wake,
+        after_commit=relay.wake,
     )
     kernel.backlog("billing.inbox", order_events.c.received_at, order_events.c.status == "RECEIVED")
     return kernel

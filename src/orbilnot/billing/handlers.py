@@ -31,6 +31,7 @@ from orbilnot.shared.observability import FLOW_LATENCY_BUCKETS, ORDER_CREATED_AT
 from orbilnot.shared.outbox import outbox_row, record
 from orbilnot.shared.pagination import DEFAULT_LIMIT, Page
 from orbilnot.shared.retry import FailureTracker, in_transaction
+from orbilnot.shared.unnest import arrays, insert_columns, unnest_columns
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +51,46 @@ _DECISIONS_BY_STATUS = {
     OrderEventStatus.PAYMENT_DENIED: DECISION_LATENCY.labels("denied"),
     OrderEventStatus.PARKED: DECISION_LATENCY.labels("parked"),
 }
+
+
+# Statements of every batch, built once (`= ANY($1)`: one text whatever the batch's size; an
+# `IN ($1, …, $n)` is a statement of its own, prepared again, for every size).
+_LOCK_ACCOUNTS = (
+    select(accounts.c.id, accounts.c.balance, accounts.c.refundable, accounts.c.owner_sub)
+    .where(accounts.c.id == any_(bindparam("ids", type_=ARRAY(accounts.c.id.type))))
+    .order_by(accounts.c.id)
+    .with_for_update()
+)
+_KNOWN_EVENTS = select(order_events.c.event_id).where(
+    order_events.c.event_id == any_(bindparam("ids", type_=ARRAY(order_events.c.event_id.type)))
+)
+_DECIDED_COLUMNS = (
+    "event_id",
+    "event_type",
+    "account_id",
+    "order_number",
+    "amount",
+    "occurred_at",
+    "placed_by",
+    "placed_by_admin",
+    "trace_context",
+    "status",
+    "description",
+    "result_event_id",
+)
+_STORE_DECIDED = (
+    insert_columns(order_events, _DECIDED_COLUMNS, processed_at=func.now())
+    .on_conflict_do_nothing(index_elements=[order_events.c.event_id])
+    .returning(order_events.c.event_id)
+)
+_LEDGER_COLUMNS = ("account_id", "kind", "amount", "balance_after", "order_number")
+_WRITE_LEDGER = insert_columns(ledger, _LEDGER_COLUMNS)
+_balance_changes = unnest_columns(accounts, ("id", "balance", "refundable"))
+_CHANGE_BALANCES = (
+    update(accounts)
+    .where(accounts.c.id == _balance_changes.c.id)
+    .values(balance=_balance_changes.c.balance, refundable=_balance_changes.c.refundable, updated_at=func.now())
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,6 +210,67 @@ async def receive_order_events(conn: AsyncConnection, events: Sequence[OrderEven
         for event in events
     ]
     await conn.execute(insert_rows(order_events, rows).on_conflict_do_nothing(index_elements=[order_events.c.event_id]))
+
+
+@dataclass(frozen=True, slots=True)
+class _Consumed:
+    """An order event as the consumer hands it over, with what `_decide` reads of an inbox row."""
+
+    event_id: UUID
+    event_type: str
+    account_id: UUID
+    order_number: str
+    amount: Decimal
+    occurred_at: datetime
+    placed_by: str | None
+    placed_by_admin: bool
+    trace_context: dict[str, str] | None
+
+
+async def receive_and_decide_order_events(conn: AsyncConnection, events: Sequence[OrderEvent], *, topic: str) -> None:
+    """The consumer's handler: decide the batch and store it in the inbox already decided, with
+    its results, in the consumer's transaction.
+
+    The same decision as the processor's, without its round trip: no RECEIVED row written and
+    then updated (a second version of every row), no claim, no second transaction. A copy of an
+    event already in the inbox is left out (looked up once the accounts are locked), and the
+    inbox's primary key still has the last word: when it drops a row anyway (a copy stored
+    meanwhile by a transaction that did not lock the same account), or deciding fails for any
+    reason that is not transient, the savepoint is rolled back and the batch goes the long way,
+    `receive_order_events` then `process_received_events`, which decides one by one and parks
+    what fails on its own."""
+    unique: dict[UUID, _Consumed] = {}
+    for event in events:
+        unique.setdefault(
+            event.event_id,
+            _Consumed(
+                event.event_id,
+                event.event_type.value,
+                event.account_id,
+                event.order_number,
+                event.amount,
+                event.occurred_at,
+                event.placed_by,
+                event.placed_by_admin,
+                consumed_trace_context(event),
+            ),
+        )
+    try:
+        async with conn.begin_nested():
+            decided = await _decide(conn, list(unique.values()), topic, stored=False)
+        _count_once_committed(conn, decided)
+        return
+    except Exception as error:
+        if is_transient(error):
+            raise
+        log.warning("deciding a batch of %d order events as it came failed (%r); the long way", len(events), error)
+    await receive_order_events(conn, events)
+    while await process_received_events(conn, len(unique), topic=topic) == len(unique):
+        pass
+
+
+class _InboxDroppedARow(Exception):
+    """The inbox refused a decided row (its event was stored meanwhile): decide the long way."""
 
 
 async def park_order_event(conn: AsyncConnection, event: OrderEvent, reason: str, *, topic: str) -> bool:
@@ -291,20 +393,28 @@ def _count_once_committed(conn: AsyncConnection, decided: list[Decided]) -> None
     after_commit(conn, count)
 
 
-async def _decide(conn: AsyncConnection, rows: Sequence[Row[Any]], topic: str) -> list[Decided]:
-    """Decide `rows` (their accounts locked here): ledger, balances, statuses and results."""
+async def _decide(
+    conn: AsyncConnection, rows: Sequence[Row[Any] | _Consumed], topic: str, *, stored: bool = True
+) -> list[Decided]:
+    """Decide `rows` (their accounts locked here): ledger, balances, statuses and results.
+
+    `stored`: the rows are RECEIVED rows of the inbox, updated to their outcome; else events
+    just consumed, left out if the inbox has them already and inserted with their outcome."""
     decided_at = datetime.now(UTC)  # the results' occurredAt
-    account_ids = sorted({row.account_id for row in rows})
     balances: dict[UUID, Decimal] = {}
     refundables: dict[UUID, Decimal] = {}
     owners: dict[UUID, str | None] = {}
     for account_id, balance, refundable, owner in await conn.execute(
-        select(accounts.c.id, accounts.c.balance, accounts.c.refundable, accounts.c.owner_sub)
-        .where(accounts.c.id.in_(account_ids))
-        .order_by(accounts.c.id)
-        .with_for_update()
+        _LOCK_ACCOUNTS, {"ids": sorted({row.account_id for row in rows})}
     ):
         balances[account_id], refundables[account_id], owners[account_id] = balance, refundable, owner
+    if not stored:
+        # Asked with the accounts locked: another consumer deciding the same event (a partition
+        # handed over mid-batch) has committed it by now, or waits behind us.
+        known = set(await conn.scalars(_KNOWN_EVENTS, {"ids": [row.event_id for row in rows]}))
+        rows = [row for row in rows if row.event_id not in known]
+        if not rows:
+            return []
     # What the ledger says was paid (and refunded) for these orders: the only amounts we trust.
     # Asked kind by kind, so that each half is a scan of its partial unique index; with
     # `kind IN (PAYMENT, REFUND)` neither index applies and every batch read the whole ledger
@@ -386,20 +496,19 @@ async def _decide(conn: AsyncConnection, rows: Sequence[Row[Any]], topic: str) -
 
     if entries:
         await _write_ledger(conn, entries)
-        changed = {entry["account_id"] for entry in entries}
-        balance_changes = unnest_rows(
-            accounts,
-            [
-                {"id": account_id, "balance": balances[account_id], "refundable": refundables[account_id]}
-                for account_id in sorted(changed)
-            ],
-        )
+        changed = sorted({entry["account_id"] for entry in entries})
         await conn.execute(
-            update(accounts)
-            .where(accounts.c.id == balance_changes.c.id)
-            .values(balance=balance_changes.c.balance, refundable=balance_changes.c.refundable, updated_at=func.now())
+            _CHANGE_BALANCES,
+            {
+                "rows_id": changed,
+                "rows_balance": [balances[account_id] for account_id in changed],
+                "rows_refundable": [refundables[account_id] for account_id in changed],
+            },
         )
-    await _set_decided(conn, results)
+    if stored:
+        await _set_decided(conn, results)
+    else:
+        await _store_decided(conn, rows, results)
     await record(conn, outbox, events)
     return decided
 
@@ -442,6 +551,30 @@ async def _park(conn: AsyncConnection, row: Row[Any], error: BaseException, topi
     )
 
 
+async def _store_decided(
+    conn: AsyncConnection, rows: Sequence[Row[Any] | _Consumed], results: list[dict[str, Any]]
+) -> None:
+    """Insert consumed events into the inbox with their outcome, numbered (`seq`) in order."""
+    stored = [
+        {
+            "event_id": row.event_id,
+            "event_type": row.event_type,
+            "account_id": row.account_id,
+            "order_number": row.order_number,
+            "amount": row.amount,
+            "occurred_at": row.occurred_at,
+            "placed_by": row.placed_by,
+            "placed_by_admin": row.placed_by_admin,
+            "trace_context": row.trace_context,
+            **result,
+        }
+        for row, result in zip(rows, results, strict=True)
+    ]
+    inserted = await conn.scalars(_STORE_DECIDED, arrays(stored, _DECIDED_COLUMNS))
+    if len(inserted.all()) != len(stored):
+        raise _InboxDroppedARow
+
+
 async def _set_decided(conn: AsyncConnection, results: list[dict[str, Any]]) -> None:
     decided = unnest_rows(order_events, results)
     await conn.execute(
@@ -458,7 +591,7 @@ async def _set_decided(conn: AsyncConnection, results: list[dict[str, Any]]) -> 
 
 def _result(
     topic: str,
-    row: Row[Any] | OrderEvent,
+    row: Row[Any] | OrderEvent | _Consumed,
     result_id: UUID,
     status: OrderEventStatus,
     amount: Decimal,
@@ -507,4 +640,4 @@ def _entry(
 
 async def _write_ledger(conn: AsyncConnection, entries: list[dict[str, Any]]) -> None:
     # In one statement, in order: entries of one account get ids in the order their balances follow.
-    await conn.execute(insert_rows(ledger, entries))
+    await conn.execute(_WRITE_LEDGER, arrays(entries, _LEDGER_COLUMNS))

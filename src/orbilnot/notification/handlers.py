@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from uuid import UUID
 
 from prometheus_client import Histogram
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -18,9 +17,10 @@ from orbilnot.notification.domain import render
 from orbilnot.notification.tables import notifications, parked_events
 from orbilnot.shared.auth import Caller
 from orbilnot.shared.consumer import consumed_record
-from orbilnot.shared.db import after_commit, insert_rows
+from orbilnot.shared.db import after_commit
 from orbilnot.shared.observability import FLOW_LATENCY_BUCKETS, ORDER_CREATED_AT_HEADER
 from orbilnot.shared.pagination import DEFAULT_LIMIT, Page, lock_account_lists
+from orbilnot.shared.unnest import arrays, insert_columns
 
 NOTIFICATIONS_LIST = "notification_service.notifications"
 
@@ -29,6 +29,16 @@ NOTIFICATION_LATENCY = Histogram(
     "Order created (its CREATED event's occurredAt, in a header of the payment result) → its "
     "notification stored; observed once the notification is committed",
     buckets=FLOW_LATENCY_BUCKETS,
+)
+
+
+_COLUMNS = ("event_id", "account_id", "owner_sub", "order_number", "notification_type", "title", "body")
+# Built once (shared/unnest.py): a batch's values are its parameters. The id (a random UUID, as
+# uuid4) is drawn by PostgreSQL, in C, rather than made and encoded in Python for every row.
+_STORE = (
+    insert_columns(notifications, _COLUMNS, id=func.gen_random_uuid())
+    .on_conflict_do_nothing()
+    .returning(notifications.c.event_id)
 )
 
 
@@ -56,7 +66,6 @@ async def store_notifications(conn: AsyncConnection, events: Sequence[PaymentEve
         message = render(event)
         rows.append(
             {
-                "id": uuid.uuid4(),
                 "event_id": event.event_id,
                 "account_id": event.account_id,
                 "owner_sub": event.owner_sub,
@@ -66,11 +75,7 @@ async def store_notifications(conn: AsyncConnection, events: Sequence[PaymentEve
                 "body": message.body,
             }
         )
-    stored = set(
-        await conn.scalars(
-            insert_rows(notifications, rows).on_conflict_do_nothing().returning(notifications.c.event_id)
-        )
-    )
+    stored = set(await conn.scalars(_STORE, arrays(rows, _COLUMNS)))
     # A duplicate is not returned (nor a second copy within the batch): it was observed when it
     # was stored the first time.
     created_at: list[datetime] = []

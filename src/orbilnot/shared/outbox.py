@@ -40,11 +40,11 @@ from sqlalchemy import (
     func,
     text,
 )
-from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.dialects.postgresql import JSONB, Insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from orbilnot.shared import tracing
-from orbilnot.shared.db import insert_rows
+from orbilnot.shared.unnest import arrays, insert_columns
 
 
 def outbox_table(metadata: MetaData) -> Table:
@@ -84,8 +84,16 @@ def outbox_row(
     }
 
 
+_inserts: dict[tuple[Table, tuple[str, ...]], Insert] = {}
+"""The insert of each outbox and set of columns, built once (`shared/unnest.py`)."""
+
+
 async def record(conn: AsyncConnection, outbox: Table, rows: list[dict[str, Any]]) -> None:
     """Record events to publish, in the caller's transaction: one statement for many, numbered
     (`id`, the relay's order) in the order given."""
     if rows:
-        await conn.execute(insert_rows(outbox, rows))
+        names = tuple(rows[0])
+        statement = _inserts.get((outbox, names))
+        if statement is None:
+            statement = _inserts[outbox, names] = insert_columns(outbox, names)
+        await conn.execute(statement, arrays(rows, names))
