@@ -5,6 +5,7 @@ what its ledger says was paid, whatever the event claims."""
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import time
 import uuid
@@ -13,10 +14,17 @@ from decimal import Decimal
 
 import pytest
 from prometheus_client import REGISTRY
-from sqlalchemy import insert, select, text
+from sqlalchemy import func, insert, select, text
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from orbilnot.billing.handlers import open_account, park_order_event, process_received_events, receive_order_events
+from orbilnot.billing.handlers import (
+    open_account,
+    park_order_event,
+    process_received_events,
+    receive_and_decide_order_events,
+    receive_order_events,
+)
 from orbilnot.billing.tables import accounts, ledger, order_events
 from orbilnot.billing.tables import outbox as billing_outbox
 from orbilnot.model import OrderEvent, OrderEventType, PaymentEvent, PaymentEventType
@@ -486,3 +494,65 @@ async def test_a_serialization_failure_in_a_consumer_is_retried_not_parked(
         assert await conn.scalar(text("SELECT last_value FROM order_service.injected_failures")) >= 3
     assert counted("orbilnot_parked_events_total", service="test") == parked_before
     assert counted("orbilnot_consumer_dead_letters_total", topic=topic) == dead_before
+
+
+async def _lock_waits(engine: AsyncEngine, locktype: str) -> int:
+    async with engine.connect() as conn:
+        waiting = await conn.scalar(
+            text("SELECT count(*) FROM pg_locks WHERE NOT granted AND locktype = :t"), {"t": locktype}
+        )
+    return int(waiting or 0)
+
+
+async def test_the_long_way_and_another_replicas_fast_path_never_deadlock(engine: AsyncEngine) -> None:
+    """Billing's consumer takes the long way when its batch fails as a whole (here: a poisoned
+    event beside a good one): store RECEIVED, then decide. After a rebalance another replica may
+    hold a copy of the good event and take the fast path: lock the account, then insert. If the
+    long way inserted its inbox row before locking the account, each would wait for the other (a
+    deadlock, with an HTTP deposit on that account a possible victim). Paced by lock waits:
+    the long way is held inside its inbox insert, the fast path starts and waits, then both go."""
+    async with engine.begin() as conn:
+        good_account, poisoned_account = await open_account(conn, Decimal(100)), await open_account(conn, Decimal(100))
+    good = order_event(good_account, Decimal(10))
+    poison = order_event(poisoned_account, Decimal(10))
+    await fail_ledger_writes_for(engine, poison.order_number, "P0001", times=None)
+    hold = 7_310_001  # the advisory lock the test holds while the long way is inside its insert
+    async with engine.begin() as conn:
+        await conn.execute(
+            text(f"""
+            CREATE FUNCTION billing.hold_received() RETURNS trigger AS $$
+            BEGIN
+              IF NEW.status = 'RECEIVED' THEN PERFORM pg_advisory_xact_lock({hold}); END IF;
+              RETURN NEW;
+            END $$ LANGUAGE plpgsql""")
+        )
+        await conn.execute(
+            text(
+                "CREATE TRIGGER hold_received AFTER INSERT ON billing.order_events "
+                "FOR EACH ROW EXECUTE FUNCTION billing.hold_received()"
+            )
+        )
+    outcomes: dict[str, str] = {}
+
+    async def replica(name: str, events: list[OrderEvent]) -> None:
+        try:
+            async with engine.begin() as conn:  # no retry: a deadlock must show
+                await receive_and_decide_order_events(conn, events, topic="payment.event")
+            outcomes[name] = "ok"
+        except DBAPIError as error:
+            outcomes[name] = getattr(error.orig, "sqlstate", None) or repr(error)
+
+    async with engine.connect() as holder:
+        await holder.execute(text("SELECT pg_advisory_lock(:key)"), {"key": hold})
+        long_way = asyncio.create_task(replica("long way", [good, poison]))
+        await eventually(lambda: _lock_waits(engine, "advisory"), bool, what="the long way held in its insert")
+        fast_path = asyncio.create_task(replica("fast path", [good]))
+        await eventually(lambda: _lock_waits(engine, "transactionid"), bool, what="the fast path waiting")
+        await holder.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": hold})
+        await asyncio.wait_for(asyncio.gather(long_way, fast_path), timeout=30)
+    assert outcomes == {"long way": "ok", "fast path": "ok"}
+    async with engine.connect() as conn:
+        charges = await conn.scalar(
+            select(func.count()).select_from(ledger).where(ledger.c.order_number == good.order_number)
+        )
+    assert charges == 1  # and the good order paid once, by whichever came first

@@ -264,6 +264,10 @@ async def receive_and_decide_order_events(conn: AsyncConnection, events: Sequenc
         if is_transient(error):
             raise
         log.warning("deciding a batch of %d order events as it came failed (%r); the long way", len(events), error)
+    # The accounts first, as the fast path takes them, and outside any savepoint so that they stay
+    # held: inserting the inbox rows before them lets another replica's fast path on a copy of an
+    # event (after a rebalance) hold an account and wait for our row while we wait for its account.
+    await conn.execute(_LOCK_ACCOUNTS, {"ids": sorted({event.account_id for event in events})})
     await receive_order_events(conn, events)
     while await process_received_events(conn, len(unique), topic=topic) == len(unique):
         pass
