@@ -69,10 +69,9 @@ async def place_order(
     ] = None,
 ) -> UUID:
     # One statement, atomic on its own (handlers.place_order): no BEGIN/COMMIT round trips.
-    async with kernel.autocommit_engine.connect() as conn:
-        order_id = await handlers.place_order(
-            conn, body.account_id, body.amount, idempotency_key, caller, topic=kernel.settings.order_event_topic
-        )
+    order_id = await handlers.place_order(
+        kernel.engine, body.account_id, body.amount, idempotency_key, caller, topic=kernel.settings.order_event_topic
+    )
     kernel.wake_relays()
     return order_id
 

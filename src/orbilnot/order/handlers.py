@@ -33,14 +33,14 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from orbilnot.model import OrderEvent, OrderEventType, PaymentEvent, order_number_of, parse_order_number
 from orbilnot.order import domain
 from orbilnot.order.domain import OrderStatus, Withdrawal
 from orbilnot.order.tables import orders, outbox, processed_events
 from orbilnot.shared.auth import Caller
-from orbilnot.shared.db import after_commit, insert_rows, is_transient, savepoint, unnest_rows
+from orbilnot.shared.db import DirectStatement, after_commit, insert_rows, is_transient, savepoint, unnest_rows
 from orbilnot.shared.errors import Conflict, NotFound
 from orbilnot.shared.outbox import outbox_row, record
 from orbilnot.shared.pagination import DEFAULT_LIMIT, Page, account_list_key, account_list_turn
@@ -87,7 +87,7 @@ class Order:
 
 
 async def place_order(
-    conn: AsyncConnection,
+    db: AsyncEngine | AsyncConnection,
     account_id: UUID,
     amount: Decimal,
     idempotency_key: str | None = None,
@@ -104,8 +104,9 @@ async def place_order(
     Whether `caller` may order on the account is not known here (billing owns accounts): the
     order carries its placer to billing, which denies it as for a missing account if not.
 
-    The order and its event are written by one statement, atomic on its own: the caller may run
-    it on an autocommit connection (`ServiceKernel.autocommit_engine`).
+    The order and its event are written by one statement, atomic on its own: given the engine
+    (the route), it runs in autocommit mode on a pooled connection of its own, by asyncpg
+    directly (`DirectStatement`); given a connection, in the caller's transaction.
     """
     order_id = uuid.uuid4()
     event_id = uuid.uuid4()
@@ -131,16 +132,18 @@ async def place_order(
     params: dict[str, Any] = {"turn": account_list_key(ORDERS_LIST, account_id)}
     params.update({f"order_{name}": value for name, value in order.items()})
     params.update({f"event_{name}": value for name, value in created.items()})
-    inserted = await conn.scalar(_PLACE_ORDER, params)
+    inserted = await _PLACE_ORDER.scalar(db, params)
     if inserted is not None:
         return order_id
-    first = (
-        await conn.execute(
-            select(orders.c.id, orders.c.request_fingerprint).where(
-                orders.c.account_id == account_id, orders.c.idempotency_key == idempotency_key
-            )
-        )
-    ).one()
+    # The key was used: its order is committed (the insert waited for it, or it came earlier).
+    first_order = select(orders.c.id, orders.c.request_fingerprint).where(
+        orders.c.account_id == account_id, orders.c.idempotency_key == idempotency_key
+    )
+    if isinstance(db, AsyncConnection):
+        first = (await db.execute(first_order)).one()
+    else:
+        async with db.connect() as conn:
+            first = (await conn.execute(first_order)).one()
     if first.request_fingerprint != fingerprint:
         raise Conflict("this Idempotency-Key was used with a different request")
     return UUID(str(first.id))
@@ -184,7 +187,7 @@ def _place_order_statement() -> Select[tuple[UUID]]:
     return select(placed.c.id).add_cte(event.cte("created_event"))
 
 
-_PLACE_ORDER = _place_order_statement()
+_PLACE_ORDER = DirectStatement(_place_order_statement())
 
 
 def _visible_to(caller: Caller) -> list[ColumnElement[bool]]:

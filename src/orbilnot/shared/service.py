@@ -60,9 +60,6 @@ class ServiceKernel:
         self.service = service
         self.engine = create_engine(settings, application_name=f"orbilnot-{service}")
         tracing.instrument_engine(self.engine)
-        # The same pool, each statement its own transaction: for a use case that is one statement
-        # (placing an order), whose BEGIN and COMMIT would be two of its three round trips.
-        self.autocommit_engine = self.engine.execution_options(isolation_level="AUTOCOMMIT")
         # Readiness asks the database through a connection of its own: under load every pooled
         # connection is in use, and a probe waiting for one would mark a busy pod unready (and
         # then the next one, as the load moves over). One more connection per pod, counted in the
