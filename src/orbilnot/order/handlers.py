@@ -40,7 +40,7 @@ from orbilnot.order import domain
 from orbilnot.order.domain import OrderStatus, Withdrawal
 from orbilnot.order.tables import orders, outbox, processed_events
 from orbilnot.shared.auth import Caller
-from orbilnot.shared.db import DirectStatement, after_commit, insert_rows, is_transient, savepoint, unnest_rows
+from orbilnot.shared.db import DirectStatement, after_commit, is_transient, savepoint
 from orbilnot.shared.errors import Conflict, NotFound
 from orbilnot.shared.outbox import outbox_row, record
 from orbilnot.shared.pagination import DEFAULT_LIMIT, Page, account_list_key, account_list_turn
@@ -368,13 +368,7 @@ async def apply_payment_results(conn: AsyncConnection, events: Sequence[PaymentE
 
     A batch in three statements: the events into the inbox, the orders of the new ones locked,
     the orders' new statuses. Several events of one order apply one after the other, in order."""
-    first_time = set(
-        await conn.scalars(
-            insert_rows(processed_events, [{"event_id": event.event_id} for event in events])
-            .on_conflict_do_nothing()
-            .returning(processed_events.c.event_id)
-        )
-    )
+    first_time = set(await conn.scalars(_RECORD_IN_INBOX, {"event_ids": [event.event_id for event in events]}))
     fresh: list[PaymentEvent] = []
     for event in events:
         if event.event_id in first_time:
@@ -383,15 +377,7 @@ async def apply_payment_results(conn: AsyncConnection, events: Sequence[PaymentE
     if not fresh:
         return
     numbers = sorted({event.order_number for event in fresh})
-    # Locked in id order, so that two batches that meet on some orders never deadlock.
-    locked = (
-        await conn.execute(
-            select(orders.c.id, orders.c.order_number, orders.c.status, orders.c.owner_sub)
-            .where(orders.c.order_number == any_(bindparam("numbers", numbers, type_=ARRAY(Text))))
-            .order_by(orders.c.id)
-            .with_for_update()
-        )
-    ).all()
+    locked = (await conn.execute(_LOCK_ORDERS, {"numbers": numbers})).all()
     ids = {row.order_number: row.id for row in locked}
     found = {row.order_number: (OrderStatus(row.status), row.owner_sub) for row in locked}
     moved: set[str] = set()
@@ -415,20 +401,49 @@ async def apply_payment_results(conn: AsyncConnection, events: Sequence[PaymentE
         transitions[current, new_status] += 1
     if not moved:
         return
-    changes = unnest_rows(
-        orders,
-        [
-            {"id": ids[number], "status": found[number][0].value, "owner_sub": found[number][1]}
-            for number in sorted(moved)
-        ],
-    )
+    changed = sorted(moved)
     await conn.execute(
-        update(orders)
-        .where(orders.c.id == changes.c.id)
-        .values(status=changes.c.status, owner_sub=changes.c.owner_sub, updated_at=func.now())
+        _MOVE_ORDERS,
+        {
+            "ids": [ids[number] for number in changed],
+            "statuses": [found[number][0].value for number in changed],
+            "owners": [found[number][1] for number in changed],
+        },
     )
     for (before, after), count in transitions.items():
         _count_transition(conn, before, after, count)
+
+
+# The three statements of `apply_payment_results`, built once (as `_PLACE_ORDER`), each taking a
+# whole batch as arrays (`unnest_rows`' reasoning: one statement text, whatever the batch size).
+_event_ids = func.unnest(bindparam("event_ids", type_=ARRAY(Uuid))).table_valued("event_id").render_derived()
+_RECORD_IN_INBOX = (
+    pg_insert(processed_events)
+    .from_select(["event_id"], select(_event_ids.c.event_id))
+    .on_conflict_do_nothing()
+    .returning(processed_events.c.event_id)
+)
+# Locked in id order, so that two batches that meet on some orders never deadlock.
+_LOCK_ORDERS = (
+    select(orders.c.id, orders.c.order_number, orders.c.status, orders.c.owner_sub)
+    .where(orders.c.order_number == any_(bindparam("numbers", type_=ARRAY(Text))))
+    .order_by(orders.c.id)
+    .with_for_update()
+)
+_changes = (
+    func.unnest(
+        bindparam("ids", type_=ARRAY(Uuid)),
+        bindparam("statuses", type_=ARRAY(Text)),
+        bindparam("owners", type_=ARRAY(Text)),
+    )
+    .table_valued("id", "status", "owner_sub")
+    .render_derived()
+)
+_MOVE_ORDERS = (
+    update(orders)
+    .where(orders.c.id == _changes.c.id)
+    .values(status=_changes.c.status, owner_sub=_changes.c.owner_sub, updated_at=func.now())
+)
 
 
 async def park_payment_result(conn: AsyncConnection, event: PaymentEvent, reason: str) -> bool:
