@@ -218,6 +218,13 @@ KernelDep = Annotated[ServiceKernel, Depends(_kernel_of)]
 """What a route declares to reach its process's kernel (engine, relays)."""
 
 
+def kernel_of(request: Request) -> ServiceKernel:
+    """The kernel, for a hot route that takes its `Request` rather than one more dependency to
+    solve per request (see `auth.verified_caller`)."""
+    kernel: ServiceKernel = request.app.state.kernel
+    return kernel
+
+
 def create_service_app(
     *,
     title: str,
