@@ -7,6 +7,7 @@ from typing import Annotated
 from uuid import UUID
 
 from fastapi import APIRouter, Header, Request, Response
+from fastapi.responses import JSONResponse
 from pydantic import Field
 
 from orbilnot.order import handlers
@@ -57,6 +58,7 @@ IDEMPOTENCY_KEY_DOC = (
 @router.post(
     "",
     summary="Place an order; answers its id",
+    response_model=UUID,
     responses={409: {"description": "This account used the Idempotency-Key for another request"}},
 )
 async def place_order(
@@ -66,7 +68,7 @@ async def place_order(
     idempotency_key: Annotated[
         str | None, Header(min_length=1, max_length=200, pattern=r"^[\x20-\x7e]+$", description=IDEMPOTENCY_KEY_DOC)
     ] = None,
-) -> UUID:
+) -> JSONResponse:
     # The hottest route: its kernel and caller come from the request, not from dependencies that
     # FastAPI would solve on every request (`verified_caller`).
     kernel, caller = kernel_of(request), verified_caller(request)
@@ -75,7 +77,9 @@ async def place_order(
         kernel.engine, body.account_id, body.amount, idempotency_key, caller, topic=kernel.settings.order_event_topic
     )
     kernel.wake_relays()
-    return order_id
+    # Answered as it is: FastAPI would validate and serialise the UUID through `response_model`
+    # again (which still documents the answer).
+    return JSONResponse(str(order_id))
 
 
 @router.get("/{account_id}", summary="An account's orders, oldest first, a page at a time", responses=PAGED_RESPONSES)

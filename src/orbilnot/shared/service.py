@@ -259,6 +259,10 @@ def create_service_app(
         redirect_slashes=False,
         # SPEC §3: a JSON body may come with no Content-Type at all (as from the original's clients).
         strict_content_type=False,
+        # FastAPI's own OpenTelemetry asks the global providers on every request whether one is
+        # configured; ours are set up (or not) before the app is built, so when tracing is off
+        # the answer is known: no. (With it on, shared/tracing.py instruments the app.)
+        telemetry=None if tracing.enabled() else {"tracing": False, "metrics": False, "logs": False},
     )
     for router in routers:
         # Every API route needs a verified caller (a 401 otherwise, when AUTH_MODE=oidc); routes
