@@ -494,10 +494,16 @@ async def park_payment_result(conn: AsyncConnection, event: PaymentEvent, reason
 async def mark_attempted(conn: AsyncConnection, claimed: Sequence[Row[Any]]) -> None:
     """The relay's `on_attempt`: in the transaction that records its attempt, before it sends,
     the orders whose CREATED it claimed move NEW → SENT (they may be charged from now on)."""
-    event_ids = bindparam("event_ids", [row.event_id for row in claimed], type_=ARRAY(Uuid))
-    sent = await conn.execute(
-        update(orders)
-        .where(orders.c.created_event_id == any_(event_ids), orders.c.status == OrderStatus.NEW)
-        .values(status=OrderStatus.SENT.value, updated_at=func.now())
-    )
+    sent = await conn.execute(_MARK_SENT, {"event_ids": [row.event_id for row in claimed]})
     _count_transition(conn, OrderStatus.NEW, OrderStatus.SENT, sent.rowcount)
+
+
+# Built once, like the statements above.
+_MARK_SENT = (
+    update(orders)
+    .where(
+        orders.c.created_event_id == any_(bindparam("event_ids", type_=ARRAY(Uuid))),
+        orders.c.status == OrderStatus.NEW.value,
+    )
+    .values(status=OrderStatus.SENT.value, updated_at=func.now())
+)
