@@ -6,6 +6,7 @@ idempotency-key rules."""
 from __future__ import annotations
 
 import asyncio
+import json
 import uuid
 from decimal import Decimal
 from typing import Any
@@ -17,6 +18,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.sql import bindparam
 
+from orbilnot.order import handlers
 from orbilnot.order.handlers import place_order
 from orbilnot.order.tables import orders, outbox
 from orbilnot.shared.db import DirectStatement, is_connection_problem
@@ -136,3 +138,48 @@ async def test_an_order_placed_on_the_engine_keeps_the_idempotency_rules(engine:
         (Decimal("10.50"), "NEW"),
     ]
     assert events == 3
+
+
+async def test_orders_placed_at_once_are_placed_together_and_one_that_fails_fails_alone(
+    engine: AsyncEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    groups: list[int] = []
+    place_together = handlers._PLACE_ORDERS.column
+
+    async def counted(db: AsyncEngine, parameters: dict[str, Any]) -> list[Any]:
+        groups.append(len(parameters["order_id"]))
+        return await place_together(db, parameters)
+
+    monkeypatch.setattr(handlers._PLACE_ORDERS, "column", counted)
+    first, second, other = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+    topic = "order.event"
+    results = await asyncio.gather(
+        place_order(engine, first, Decimal(1), topic=topic),
+        place_order(engine, first, Decimal(2), topic=topic),
+        place_order(engine, second, Decimal(3), "key", topic=topic),
+        place_order(engine, second, Decimal(3), "key", topic=topic),  # the same request twice
+        place_order(engine, other, Decimal(7), "nul\x00", topic=topic),  # text PostgreSQL refuses
+        return_exceptions=True,
+    )
+    assert groups == [5]  # one statement for all (which failed on the last), then each alone
+    assert isinstance(results[4], DBAPIError) and not is_connection_problem(results[4])
+    assert results[2] == results[3] and not isinstance(results[2], BaseException)
+
+    groups.clear()
+    later = await asyncio.gather(*(place_order(engine, first, Decimal(n), topic=topic) for n in (4, 5, 6)))
+    assert groups == [3] and len(set(later)) == 3
+    async with engine.connect() as conn:
+        placed = (
+            await conn.execute(
+                select(orders.c.id, orders.c.amount).where(orders.c.account_id == first).order_by(orders.c.seq)
+            )
+        ).all()
+        published = list(
+            await conn.scalars(select(outbox.c.value).where(outbox.c.key == str(first)).order_by(outbox.c.id))
+        )
+        others = await conn.scalar(select(func.count()).select_from(orders).where(orders.c.account_id != first))
+    # One account's orders are numbered, and their events queued, in the order they were placed.
+    assert [row.amount for row in placed] == [1, 2, 4, 5, 6]
+    assert [json.loads(value)["amount"] for value in published] == [1, 2, 4, 5, 6]
+    assert [row.id for row in placed][2:] == later
+    assert others == 1  # the twice-sent request's one order; the failed one placed nothing

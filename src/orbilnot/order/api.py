@@ -72,7 +72,8 @@ async def place_order(
     # The hottest route: its kernel and caller come from the request, not from dependencies that
     # FastAPI would solve on every request (`verified_caller`).
     kernel, caller = kernel_of(request), verified_caller(request)
-    # One statement, atomic on its own (handlers.place_order): no BEGIN/COMMIT round trips.
+    # One statement, atomic on its own, shared with the orders placed at the same moment
+    # (handlers.place_order): no BEGIN/COMMIT round trips.
     order_id = await handlers.place_order(
         kernel.engine, body.account_id, body.amount, idempotency_key, caller, topic=kernel.settings.order_event_topic
     )

@@ -4,10 +4,12 @@ that is a single statement (`place_order`), and returns plain values."""
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import hashlib
 import logging
 import uuid
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -29,6 +31,7 @@ from sqlalchemy import (
     func,
     insert,
     select,
+    true,
     update,
 )
 from sqlalchemy.dialects.postgresql import ARRAY
@@ -106,7 +109,8 @@ async def place_order(
 
     The order and its event are written by one statement, atomic on its own: given the engine
     (the route), it runs in autocommit mode on a pooled connection of its own, by asyncpg
-    directly (`DirectStatement`); given a connection, in the caller's transaction.
+    directly (`DirectStatement`), together with the orders placed at the same moment
+    (`_Placements`); given a connection, alone, in the caller's transaction.
     """
     order_id = uuid.uuid4()
     event_id = uuid.uuid4()
@@ -132,8 +136,11 @@ async def place_order(
     params: dict[str, Any] = {"turn": account_list_key(ORDERS_LIST, account_id)}
     params.update({f"order_{name}": value for name, value in order.items()})
     params.update({f"event_{name}": value for name, value in created.items()})
-    inserted = await _PLACE_ORDER.scalar(db, params)
-    if inserted is not None:
+    if isinstance(db, AsyncConnection):
+        inserted = await _PLACE_ORDER.scalar(db, params) is not None
+    else:
+        inserted = await _placements(db).place(params)
+    if inserted:
         return order_id
     # The key was used: its order is committed (the insert waited for it, or it came earlier).
     first_order = select(orders.c.id, orders.c.request_fingerprint).where(
@@ -147,6 +154,13 @@ async def place_order(
     if first.request_fingerprint != fingerprint:
         raise Conflict("this Idempotency-Key was used with a different request")
     return UUID(str(first.id))
+
+
+_ORDER_COLUMNS = [
+    "id", "account_id", "order_number", "amount", "status", "created_event_id",
+    "idempotency_key", "request_fingerprint", "owner_sub", "placed_by_admin",
+]  # fmt: skip
+_EVENT_COLUMNS = list(outbox_row(uuid.UUID(int=0), "", "", b""))  # whatever an outbox row holds
 
 
 def _place_order_statement() -> Select[tuple[UUID]]:
@@ -165,11 +179,7 @@ def _place_order_statement() -> Select[tuple[UUID]]:
     def parameters(table: Table, prefix: str, names: list[str]) -> list[ColumnElement[Any]]:
         return [bindparam(f"{prefix}_{name}", type_=table.c[name].type) for name in names]
 
-    order_columns = [
-        "id", "account_id", "order_number", "amount", "status", "created_event_id",
-        "idempotency_key", "request_fingerprint", "owner_sub", "placed_by_admin",
-    ]  # fmt: skip
-    event_columns = list(outbox_row(uuid.UUID(int=0), "", "", b""))  # whatever an outbox row holds
+    order_columns, event_columns = _ORDER_COLUMNS, _EVENT_COLUMNS
     turn = select(account_list_turn(bindparam("turn", type_=Text))).cte("account_turn").prefix_with("MATERIALIZED")
     placed = (
         pg_insert(orders)
@@ -188,6 +198,138 @@ def _place_order_statement() -> Select[tuple[UUID]]:
 
 
 _PLACE_ORDER = DirectStatement(_place_order_statement())
+
+
+def _place_orders_statement() -> Select[tuple[UUID]]:
+    """`_place_order_statement` for several orders at once (`_Placements`), the orders of any
+    accounts, each parameter an array with one element per order (`unnest_rows`' reasoning):
+
+    1. take the turns of all their accounts, in the order of the sorted keys (`turns`), so two
+       such statements that share accounts never deadlock;
+    2. insert the orders in the order given (so one account's draw their `seq` in that order),
+       skipping those whose account already used the idempotency key;
+    3. insert the CREATED events of the orders inserted, in the same order.
+
+    Answers the ids of the orders inserted.
+    """
+    keys = func.unnest(bindparam("turns", type_=ARRAY(Text))).table_valued("key").render_derived()
+    turns = (
+        select(func.count(account_list_turn(keys.c.key)).label("taken"))
+        .select_from(keys)
+        .cte("account_turns")
+        .prefix_with("MATERIALIZED")
+    )
+    names = [f"order_{name}" for name in _ORDER_COLUMNS] + [f"event_{name}" for name in _EVENT_COLUMNS]
+    types = [orders.c[name].type for name in _ORDER_COLUMNS] + [outbox.c[name].type for name in _EVENT_COLUMNS]
+    batch = (
+        func.unnest(*(bindparam(name, type_=ARRAY(type_)) for name, type_ in zip(names, types, strict=True)))
+        .table_valued(*names, with_ordinality="ordinality")
+        .render_derived()
+    )
+    placed = (
+        pg_insert(orders)
+        .from_select(
+            _ORDER_COLUMNS,
+            select(*(batch.c[f"order_{name}"] for name in _ORDER_COLUMNS))
+            .select_from(batch.join(turns, true()))
+            .order_by(batch.c.ordinality),
+        )
+        .on_conflict_do_nothing(
+            index_elements=[orders.c.account_id, orders.c.idempotency_key],
+            index_where=orders.c.idempotency_key.is_not(None),
+        )
+        .returning(orders.c.id)
+        .cte("placed")
+    )
+    events = insert(outbox).from_select(
+        _EVENT_COLUMNS,
+        select(*(batch.c[f"event_{name}"] for name in _EVENT_COLUMNS))
+        .select_from(batch.join(placed, placed.c.id == batch.c.order_id))
+        .order_by(batch.c.ordinality),
+    )
+    return select(placed.c.id).add_cte(events.cte("created_events"))
+
+
+_PLACE_ORDERS = DirectStatement(_place_orders_statement())
+_BATCH_PARAMETERS = [f"order_{name}" for name in _ORDER_COLUMNS] + [f"event_{name}" for name in _EVENT_COLUMNS]
+
+
+class _Placements:
+    """Group commit of the orders placed at the same moment in this process.
+
+    Every order placed while the event loop runs one round of ready work waits for the next
+    round, where they are placed together by ONE statement (`_PLACE_ORDERS`): one round trip,
+    one commit, one write and one read on the socket for all of them, where each order took
+    its own (the socket writes to PostgreSQL were a quarter of the order service's CPU). An
+    order placed alone runs `_PLACE_ORDER` as before.
+
+    Each order's outcome is its own: if the statement for the group fails, every order of it
+    is placed again alone, so an order that fails on its own (or a database that fails for
+    all) answers with its own error, as without grouping. The idempotency key holds within a
+    group too (the statement's ON CONFLICT skips a second row with the same account and key),
+    and so does each account's turn: taken for all the group's accounts before any order
+    draws its number, held until the group commits.
+    """
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self._engine = engine
+        self._waiting: list[tuple[dict[str, Any], asyncio.Future[bool]]] = []
+        self._flushing: set[asyncio.Task[None]] = set()
+
+    async def place(self, params: dict[str, Any]) -> bool:
+        """Place the order of `params` (`_PLACE_ORDER`'s); False if its idempotency key was used."""
+        loop = asyncio.get_running_loop()
+        placed: asyncio.Future[bool] = loop.create_future()
+        self._waiting.append((params, placed))
+        if len(self._waiting) == 1:
+            # Its own task, first run in the loop's next round: the orders placed in this round
+            # join it meanwhile, and a caller cancelled while waiting never cancels the others'.
+            task = loop.create_task(self._flush())
+            self._flushing.add(task)
+            task.add_done_callback(self._flushing.discard)
+        return await placed
+
+    async def _flush(self) -> None:
+        group, self._waiting = self._waiting, []
+        try:
+            if len(group) == 1:
+                await self._alone(*group[0])
+                return
+            turns = sorted({params["turn"] for params, _ in group})
+            arrays: dict[str, Any] = {name: [params[name] for params, _ in group] for name in _BATCH_PARAMETERS}
+            try:
+                inserted = set(await _PLACE_ORDERS.column(self._engine, {"turns": turns, **arrays}))
+            except Exception:
+                log.debug("a group of %d orders failed; placing each alone", len(group), exc_info=True)
+                await asyncio.gather(*(self._alone(params, placed) for params, placed in group))
+                return
+            for params, placed in group:
+                if not placed.done():
+                    placed.set_result(params["order_id"] in inserted)
+        finally:
+            for _, placed in group:
+                if not placed.done():  # the flush itself was cancelled (shutdown): so are they
+                    placed.cancel()
+
+    async def _alone(self, params: dict[str, Any], placed: asyncio.Future[bool]) -> None:
+        try:
+            inserted = await _PLACE_ORDER.scalar(self._engine, params) is not None
+        except Exception as error:
+            if not placed.done():
+                placed.set_exception(error)
+        else:
+            if not placed.done():
+                placed.set_result(inserted)
+
+
+_PLACEMENTS: weakref.WeakKeyDictionary[AsyncEngine, _Placements] = weakref.WeakKeyDictionary()
+
+
+def _placements(engine: AsyncEngine) -> _Placements:
+    placements = _PLACEMENTS.get(engine)
+    if placements is None:
+        placements = _PLACEMENTS[engine] = _Placements(engine)
+    return placements
 
 
 def _visible_to(caller: Caller) -> list[ColumnElement[bool]]:

@@ -171,12 +171,25 @@ class DirectStatement:
 
     async def scalar(self, db: AsyncEngine | AsyncConnection, parameters: Mapping[str, Any]) -> Any:
         """The first column of the first row (None if none), with `parameters` by name."""
-        if isinstance(db, AsyncConnection) or db.sync_engine.dispatch.before_cursor_execute:
-            if isinstance(db, AsyncConnection):
-                return await db.scalar(self.statement, parameters)
+        if isinstance(db, AsyncConnection):
+            return await db.scalar(self.statement, parameters)
+        if db.sync_engine.dispatch.before_cursor_execute:
             async with db.execution_options(isolation_level="AUTOCOMMIT").connect() as conn:
                 return await conn.scalar(self.statement, parameters)
-        dialect = db.dialect
+        return await self._run(db, parameters, first_row=True)
+
+    async def column(self, db: AsyncEngine | AsyncConnection, parameters: Mapping[str, Any]) -> list[Any]:
+        """The first column of every row, with `parameters` by name."""
+        if isinstance(db, AsyncConnection):
+            return list(await db.scalars(self.statement, parameters))
+        if db.sync_engine.dispatch.before_cursor_execute:
+            async with db.execution_options(isolation_level="AUTOCOMMIT").connect() as conn:
+                return list(await conn.scalars(self.statement, parameters))
+        rows = await self._run(db, parameters, first_row=False)
+        return [row[0] for row in rows]
+
+    async def _run(self, engine: AsyncEngine, parameters: Mapping[str, Any], *, first_row: bool) -> Any:
+        dialect = engine.dialect
         sql, names, constants, processors = self._compiled.get(dialect) or self._compile(dialect)
         arguments = []
         for name in names:
@@ -185,11 +198,14 @@ class DirectStatement:
             arguments.append(value if processor is None else processor(value))
         # A pooled connection as SQLAlchemy keeps it between checkouts: no transaction open (the
         # pool rolls back on checkin), so asyncpg runs the statement as its own transaction.
-        raw = await db.raw_connection()
+        raw = await engine.raw_connection()
+        driver: Any = raw.driver_connection
         try:
-            return await raw.driver_connection.fetchval(sql, *arguments)  # type: ignore[union-attr]
+            if first_row:
+                return await driver.fetchval(sql, *arguments)
+            return await driver.fetch(sql, *arguments)
         except Exception as error:
-            raise _translated(db, raw, error, sql, arguments) from error
+            raise _translated(engine, raw, error, sql, arguments) from error
         except BaseException:
             # Cancelled mid-statement: what the connection is doing is unknown, so it is not
             # handed to anyone else (as SQLAlchemy does, on any exit exception).
