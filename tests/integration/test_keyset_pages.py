@@ -130,3 +130,29 @@ async def test_an_order_draws_its_number_only_once_it_has_its_accounts_turn(engi
         await turn.rollback()
         await turn.close()
     await waiting
+
+
+async def test_orders_placed_together_draw_their_numbers_only_once_they_have_their_accounts_turns(
+    engine: AsyncEngine,
+) -> None:
+    """The same for a group of orders placed at once (`handlers._Placements`): one statement,
+    whose turns of all its accounts come before any of its orders draws a number."""
+    account, other = uuid.uuid4(), uuid.uuid4()
+    numbers_drawn = text("SELECT last_value FROM pg_sequences WHERE sequencename = 'orders_seq_seq'")
+    turn = await engine.connect()
+    await turn.begin()
+    try:
+        await turn.execute(select(account_list_turn(literal(account_list_key(ORDERS_LIST, account)))))
+        async with engine.connect() as conn:
+            before = await conn.scalar(numbers_drawn)
+        waiting = asyncio.ensure_future(
+            asyncio.gather(*(place_order(engine, owner, Decimal(1), topic="order.event") for owner in (other, account)))
+        )
+        await eventually(lambda: _blocked_or_done(engine, waiting), bool, what="the group waits for its turn")
+        assert not waiting.done()
+        async with engine.connect() as conn:
+            assert await conn.scalar(numbers_drawn) == before, "a number was drawn before the turn"
+    finally:
+        await turn.rollback()
+        await turn.close()
+    assert len(set(await waiting)) == 2

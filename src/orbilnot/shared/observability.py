@@ -15,6 +15,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from contextvars import ContextVar
+from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Counter, Gauge, Histogram, generate_latest
 from starlette.requests import Request
@@ -25,6 +26,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from orbilnot.shared import tracing
 
 REQUEST_ID_HEADER = "X-Request-ID"
+_REQUEST_ID_KEY = REQUEST_ID_HEADER.lower().encode()  # as ASGI gives header names
 request_id_var: ContextVar[str | None] = ContextVar("request_id", default=None)
 
 HTTP_REQUESTS = Counter("orbilnot_http_requests_total", "HTTP requests served", ["method", "route", "status"])
@@ -126,13 +128,18 @@ class RequestContextMiddleware:
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
+        # The metrics' children by (method, route, status), a set as bounded as their labels:
+        # looking a child up by its labels takes a lock and builds its key on every request.
+        self._children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        headers = dict(scope.get("headers") or [])
-        incoming = headers.get(REQUEST_ID_HEADER.lower().encode())
+        incoming = b""
+        for name, value in scope.get("headers") or ():
+            if name == _REQUEST_ID_KEY:
+                incoming = value  # the last one, if sent twice
         request_id = incoming.decode("latin-1")[:128] if incoming else uuid.uuid4().hex
         token = request_id_var.set(request_id)
         started = time.perf_counter()
@@ -156,9 +163,17 @@ class RequestContextMiddleware:
             # path (the gateway's prefix routes): a bounded label, never the full URL.
             route = scope.get("route")
             route_name = getattr(route, "name", None) or getattr(route, "path", None) or "unmatched"
-            method = scope.get("method", "")
-            HTTP_REQUESTS.labels(method, route_name, str(status_code)).inc()
-            HTTP_LATENCY.labels(method, route_name).observe(time.perf_counter() - started)
+            key = (scope.get("method", ""), route_name, status_code)
+            children = self._children.get(key)
+            if children is None:
+                method = key[0]
+                children = (
+                    HTTP_REQUESTS.labels(method, route_name, str(status_code)),
+                    HTTP_LATENCY.labels(method, route_name),
+                )
+                self._children[key] = children
+            children[0].inc()
+            children[1].observe(time.perf_counter() - started)
             # An upstream's answer that the gateway only passes on was counted by that service.
             if status_code >= 400 and not scope.get(FORWARDED):
                 count_rejection(status_code)

@@ -60,9 +60,6 @@ class ServiceKernel:
         self.service = service
         self.engine = create_engine(settings, application_name=f"orbilnot-{service}")
         tracing.instrument_engine(self.engine)
-        # The same pool, each statement its own transaction: for a use case that is one statement
-        # (placing an order), whose BEGIN and COMMIT would be two of its three round trips.
-        self.autocommit_engine = self.engine.execution_options(isolation_level="AUTOCOMMIT")
         # Readiness asks the database through a connection of its own: under load every pooled
         # connection is in use, and a probe waiting for one would mark a busy pod unready (and
         # then the next one, as the load moves over). One more connection per pod, counted in the
@@ -221,6 +218,13 @@ KernelDep = Annotated[ServiceKernel, Depends(_kernel_of)]
 """What a route declares to reach its process's kernel (engine, relays)."""
 
 
+def kernel_of(request: Request) -> ServiceKernel:
+    """The kernel, for a hot route that takes its `Request` rather than one more dependency to
+    solve per request (see `auth.verified_caller`)."""
+    kernel: ServiceKernel = request.app.state.kernel
+    return kernel
+
+
 def create_service_app(
     *,
     title: str,
@@ -255,6 +259,10 @@ def create_service_app(
         redirect_slashes=False,
         # SPEC §3: a JSON body may come with no Content-Type at all (as from the original's clients).
         strict_content_type=False,
+        # FastAPI's own OpenTelemetry asks the global providers on every request whether one is
+        # configured; ours are set up (or not) before the app is built, so when tracing is off
+        # the answer is known: no. (With it on, shared/tracing.py instruments the app.)
+        telemetry=None if tracing.enabled() else {"tracing": False, "metrics": False, "logs": False},
     )
     for router in routers:
         # Every API route needs a verified caller (a 401 otherwise, when AUTH_MODE=oidc); routes
