@@ -103,6 +103,50 @@ def test_root_redirects_to_the_console_and_its_assets_are_served(stack: Stack) -
         assert instances and all(i["ready"] and "checks" not in i for i in instances)
 
 
+def test_a_payment_heard_before_the_page_read_its_order_back_is_not_lost(stack: Stack, page) -> None:  # type: ignore[no-untyped-def]
+    """After placing an order the page reads the account's orders back; billing may decide the
+    order before that read is answered, with the order still SENT in it. The read here is held
+    until the page has heard the payment event, then answered with what it said when it was made:
+    the order must still show the payment's outcome, not the older status."""
+    from playwright.sync_api import expect
+
+    expect.set_options(timeout=TIMEOUT_MS)
+    page.goto(stack.gateway + "/console/")
+    expect(page.get_by_test_id("live")).to_have_text("live")
+    page.locator("#open-account button").click()
+    card = page.locator("article.account")
+    expect(card).to_have_count(1)
+    account = card.get_by_test_id("account-id").inner_text()
+    # The order service lagging behind billing: the account's orders are read back with the new
+    # order still SENT, and a read made before the page heard the payment is answered after it.
+    held: list[object] = []
+    heard = False
+
+    def lagging(route) -> None:  # type: ignore[no-untyped-def]
+        answer = route.fetch()
+        body = answer.text().replace('"status":"CANCELLED"', '"status":"SENT"')
+        route.fulfill(response=answer, body=body)
+
+    def lagging_order_service(route, request) -> None:  # type: ignore[no-untyped-def]
+        if request.method != "GET":
+            route.continue_()
+        elif heard:
+            lagging(route)
+        else:
+            held.append(route)
+
+    page.route(re.compile(rf".*/orders/{account}([?].*)?$"), lagging_order_service)
+    page.locator("#place-order input[name=amount]").fill("100")  # on an empty account: denied
+    page.locator("#place-order button").click()
+    expect(page.locator("#events li.payment").filter(has_text="PAYMENT_DENIED")).to_have_count(1)
+    heard = True
+    assert held, "the page read its orders back only after it heard the payment: nothing to hold"
+    for route in held:
+        lagging(route)
+    order = card.locator("[data-testid=orders] tr").filter(has_text="100.00")
+    expect(order.get_by_test_id("status")).to_have_text("CANCELLED")
+
+
 def test_the_acceptance_scenario_by_clicking(stack: Stack, page) -> None:  # type: ignore[no-untyped-def]
     from playwright.sync_api import expect
 

@@ -14,6 +14,7 @@ const state = {
   oidc: null, // the issuer's discovery document
   accounts: new Map(), // accountId → {balance, orders: Map(orderNumber → order), ledger, notifications}
   timings: new Map(), // orderNumber → {sent, decided} as seen live
+  heard: new Map(), // orderNumber → the furthest status its events said, known order or not yet
   stream: null, // AbortController of the open event stream
 };
 
@@ -263,10 +264,14 @@ async function reload(accountId) {
   renderAccount(accountId);
 }
 
-// A status only ever moves forward: a list read just before an event arrived must not undo it.
+// A status only ever moves forward: a list read just before an event arrived must not undo it,
+// nor may a list read after an event about an order the page did not know yet (its payment can
+// be decided before the page has read back the order it just placed).
 function mergeOrder(account, order) {
   const known = account.orders.get(order.orderNumber);
-  if (known && STATUS_RANK[known.status] > STATUS_RANK[order.status]) order = { ...order, status: known.status };
+  for (const status of [known && known.status, state.heard.get(order.orderNumber)]) {
+    if (status && STATUS_RANK[status] > STATUS_RANK[order.status]) order = { ...order, status };
+  }
   account.orders.set(order.orderNumber, { ...known, ...order });
 }
 
@@ -362,6 +367,8 @@ function onSagaEvent(event) {
     if (event.type !== "REFUNDED") timing.decided = event.occurredAt; // the payment's decision, not a later refund
   }
   state.timings.set(event.orderNumber, timing);
+  const heard = state.heard.get(event.orderNumber);
+  if (status && !(heard && STATUS_RANK[heard] > STATUS_RANK[status])) state.heard.set(event.orderNumber, status);
   const order = account.orders.get(event.orderNumber);
   if (order && status) mergeOrder(account, { ...order, status });
   renderAccount(event.accountId);
