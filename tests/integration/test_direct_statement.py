@@ -183,3 +183,114 @@ async def test_orders_placed_at_once_are_placed_together_and_one_that_fails_fail
     assert [json.loads(value)["amount"] for value in published] == [1, 2, 4, 5, 6]
     assert [row.id for row in placed][2:] == later
     assert others == 1  # the twice-sent request's one order; the failed one placed nothing
+
+
+TOPIC = "order.event"
+
+
+async def test_a_group_whose_answer_was_lost_after_it_committed_answers_what_committed(
+    engine: AsyncEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The group's statement commits, then its answer is lost (the connection breaks). The orders
+    are answered with their ids, as committed, and none is placed a second time (which met its own
+    id in the primary key and answered a 500 for an order that exists)."""
+    place_group = handlers._PLACE_ORDERS.column
+
+    async def committed_then_lost(db: AsyncEngine, parameters: dict[str, Any]) -> list[Any]:
+        await place_group(db, parameters)
+        raise ConnectionResetError("the connection broke before the answer")
+
+    monkeypatch.setattr(handlers._PLACE_ORDERS, "column", committed_then_lost)
+    accounts = [uuid.uuid4() for _ in range(3)]
+    answers = await asyncio.gather(*(place_order(engine, a, Decimal(5), topic=TOPIC) for a in accounts))
+    async with engine.connect() as conn:
+        placed = dict((await conn.execute(select(orders.c.account_id, orders.c.id))).all())
+    assert {placed[a] for a in accounts} == set(answers)
+
+
+async def test_a_group_that_got_no_answer_and_committed_nothing_answers_the_error_to_each(
+    engine: AsyncEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No answer and nothing committed: each order gets the connection error (a 503, retried by a
+    client with its Idempotency-Key), as one order alone would; none is placed behind its back."""
+
+    async def lost(db: AsyncEngine, parameters: dict[str, Any]) -> list[Any]:
+        raise ConnectionResetError("the connection broke before the answer")
+
+    monkeypatch.setattr(handlers._PLACE_ORDERS, "column", lost)
+    answers = await asyncio.gather(
+        *(place_order(engine, uuid.uuid4(), Decimal(5), topic=TOPIC) for _ in range(3)), return_exceptions=True
+    )
+    assert all(isinstance(answer, ConnectionResetError) and is_connection_problem(answer) for answer in answers)
+    async with engine.connect() as conn:
+        assert await conn.scalar(select(func.count()).select_from(orders)) == 0
+
+
+async def test_a_group_holds_at_most_max_group_orders(engine: AsyncEngine, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each account's turn is an advisory lock in PostgreSQL's cluster-wide lock table: one group
+    of thousands of accounts filled it and failed other sessions' transactions. Orders past the
+    cap form the next group."""
+    monkeypatch.setattr(handlers, "MAX_GROUP", 3)
+    place_group = handlers._PLACE_ORDERS.column
+    sizes: list[int] = []
+
+    async def counted(db: AsyncEngine, parameters: dict[str, Any]) -> list[Any]:
+        sizes.append(len(parameters["turns"]))
+        return await place_group(db, parameters)
+
+    monkeypatch.setattr(handlers._PLACE_ORDERS, "column", counted)
+    answers = await asyncio.gather(*(place_order(engine, uuid.uuid4(), Decimal(5), topic=TOPIC) for _ in range(8)))
+    assert len(set(answers)) == 8
+    assert sizes and max(sizes) <= 3 and sum(sizes) >= 6  # two groups of 3 (and one of 2, placed alone)
+    async with engine.connect() as conn:
+        assert await conn.scalar(select(func.count()).select_from(orders)) == 8
+
+
+async def test_a_groups_statement_belongs_to_no_single_request(engine: AsyncEngine) -> None:
+    """The group's statement is all its requests': it runs in a context of its own, not the first
+    request's (whose trace and request id it used to carry); an order placed alone keeps its own."""
+    from orbilnot.shared.observability import request_id_var
+
+    seen: list[str | None] = []
+
+    def watch(*args: Any) -> None:
+        seen.append(request_id_var.get())
+
+    async def request(request_id: str) -> uuid.UUID:
+        request_id_var.set(request_id)
+        return await place_order(engine, uuid.uuid4(), Decimal(5), topic=TOPIC)
+
+    event.listen(engine.sync_engine, "before_cursor_execute", watch)  # (the SQLAlchemy path)
+    try:
+        await asyncio.gather(*(request(f"request-{n}") for n in (1, 2, 3)))
+        assert seen == [None]
+        seen.clear()
+        await request("alone")
+        assert seen == ["alone"]
+    finally:
+        event.remove(engine.sync_engine, "before_cursor_execute", watch)
+
+
+async def test_a_connection_handed_back_is_closed_when_the_pool_keeps_it_no_more(database_url: str) -> None:
+    """Handing a connection back may close it (an overflow connection): that awaits, so it has to
+    happen inside SQLAlchemy's greenlet, else the pool drops it without closing it."""
+    name = f"overflow-{uuid.uuid4().hex[:8]}"
+    engine = create_async_engine(
+        database_url, pool_size=1, max_overflow=5, connect_args={"server_settings": {"application_name": name}}
+    )
+    admin = create_async_engine(database_url)
+    sleep = DirectStatement(select(func.pg_sleep(0.2), bindparam("n", type_=Integer)))
+
+    async def backends() -> int:
+        async with admin.connect() as conn:
+            found = await conn.scalar(
+                text("SELECT count(*) FROM pg_stat_activity WHERE application_name = :name"), {"name": name}
+            )
+            return int(found or 0)
+
+    try:
+        await asyncio.gather(*(sleep.scalar(engine, {"n": n}) for n in range(6)))
+        await eventually(backends, lambda count: count == 1, what="the overflow connections closed")
+    finally:
+        await engine.dispose()
+        await admin.dispose()

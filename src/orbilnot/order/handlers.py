@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextvars
 import hashlib
 import logging
 import uuid
@@ -43,7 +44,7 @@ from orbilnot.order import domain
 from orbilnot.order.domain import OrderStatus, Withdrawal
 from orbilnot.order.tables import orders, outbox, processed_events
 from orbilnot.shared.auth import Caller
-from orbilnot.shared.db import DirectStatement, after_commit, is_transient, savepoint
+from orbilnot.shared.db import DirectStatement, after_commit, is_connection_problem, is_transient, savepoint
 from orbilnot.shared.errors import Conflict, NotFound
 from orbilnot.shared.outbox import outbox_row, record
 from orbilnot.shared.pagination import DEFAULT_LIMIT, Page, account_list_key, account_list_turn
@@ -261,65 +262,123 @@ class _Placements:
     round, where they are placed together by ONE statement (`_PLACE_ORDERS`): one round trip,
     one commit, one write and one read on the socket for all of them, where each order took
     its own (the socket writes to PostgreSQL were a quarter of the order service's CPU). An
-    order placed alone runs `_PLACE_ORDER` as before.
+    order placed alone runs `_PLACE_ORDER` as before. A group holds at most `MAX_GROUP` orders:
+    each account's turn is an advisory lock, and PostgreSQL keeps those in a table of fixed
+    size shared by every session of the cluster.
 
-    Each order's outcome is its own: if the statement for the group fails, every order of it
-    is placed again alone, so an order that fails on its own (or a database that fails for
-    all) answers with its own error, as without grouping. The idempotency key holds within a
-    group too (the statement's ON CONFLICT skips a second row with the same account and key),
-    and so does each account's turn: taken for all the group's accounts before any order
-    draws its number, held until the group commits.
+    Each order's outcome is its own. When PostgreSQL refuses the group's statement (it answered
+    with an error, so nothing of it committed), every order of it is placed again alone, so an
+    order that fails on its own answers with its own error, as without grouping. When the answer
+    never came (the connection broke, a timeout), the group may have committed as a whole: what
+    committed is read back and answered, and if nothing did, each order gets the error, as a
+    single order whose answer was lost does; none is placed twice. The idempotency key holds
+    within a group too (the statement's ON CONFLICT skips a second row with the same account and
+    key), and so does each account's turn: taken for all the group's accounts, in sorted order,
+    before any order draws its number, held until the group commits.
+
+    A group's statement runs in a context of its own (no request's trace or request id: it is
+    all of theirs), an order placed alone, or again alone, in its request's.
     """
 
     def __init__(self, engine: AsyncEngine) -> None:
         self._engine = engine
-        self._waiting: list[tuple[dict[str, Any], asyncio.Future[bool]]] = []
+        self._waiting: list[_Placement] = []
         self._flushing: set[asyncio.Task[None]] = set()
 
     async def place(self, params: dict[str, Any]) -> bool:
         """Place the order of `params` (`_PLACE_ORDER`'s); False if its idempotency key was used."""
         loop = asyncio.get_running_loop()
         placed: asyncio.Future[bool] = loop.create_future()
-        self._waiting.append((params, placed))
-        if len(self._waiting) == 1:
-            # Its own task, first run in the loop's next round: the orders placed in this round
-            # join it meanwhile, and a caller cancelled while waiting never cancels the others'.
-            task = loop.create_task(self._flush())
+        if not self._waiting or len(self._waiting) >= MAX_GROUP:
+            # A new group, flushed by its own task, first run in the loop's next round: the orders
+            # placed in this round join it meanwhile, and a caller cancelled while waiting never
+            # cancels the others'.
+            self._waiting = []
+            task = loop.create_task(self._flush(self._waiting))
             self._flushing.add(task)
             task.add_done_callback(self._flushing.discard)
+        self._waiting.append(_Placement(params, placed, contextvars.copy_context()))
         return await placed
 
-    async def _flush(self) -> None:
-        group, self._waiting = self._waiting, []
+    async def _flush(self, group: list[_Placement]) -> None:
+        if self._waiting is group:
+            self._waiting = []  # closed: later orders form the next group
         try:
             if len(group) == 1:
-                await self._alone(*group[0])
+                await self._alone(group[0])
                 return
-            turns = sorted({params["turn"] for params, _ in group})
-            arrays: dict[str, Any] = {name: [params[name] for params, _ in group] for name in _BATCH_PARAMETERS}
             try:
-                inserted = set(await _PLACE_ORDERS.column(self._engine, {"turns": turns, **arrays}))
-            except Exception:
-                log.debug("a group of %d orders failed; placing each alone", len(group), exc_info=True)
-                await asyncio.gather(*(self._alone(params, placed) for params, placed in group))
+                inserted = await asyncio.create_task(self._place_group(group), context=contextvars.Context())
+            except Exception as error:
+                await self._after_failed_group(group, error)
                 return
-            for params, placed in group:
-                if not placed.done():
-                    placed.set_result(params["order_id"] in inserted)
+            for one in group:
+                if not one.placed.done():
+                    one.placed.set_result(one.params["order_id"] in inserted)
         finally:
-            for _, placed in group:
-                if not placed.done():  # the flush itself was cancelled (shutdown): so are they
-                    placed.cancel()
+            for one in group:
+                if not one.placed.done():  # the flush itself was cancelled (shutdown): so are they
+                    one.placed.cancel()
 
-    async def _alone(self, params: dict[str, Any], placed: asyncio.Future[bool]) -> None:
+    async def _place_group(self, group: list[_Placement]) -> set[UUID]:
+        turns = sorted({one.params["turn"] for one in group})
+        arrays: dict[str, Any] = {name: [one.params[name] for one in group] for name in _BATCH_PARAMETERS}
+        return set(await _PLACE_ORDERS.column(self._engine, {"turns": turns, **arrays}))
+
+    async def _after_failed_group(self, group: list[_Placement], error: Exception) -> None:
+        refused_by_the_database = _sqlstate_of(error) is not None and not is_connection_problem(error)
+        if refused_by_the_database:
+            log.debug("a group of %d orders failed; placing each alone", len(group), exc_info=True)
+            alone = [asyncio.create_task(self._alone(one), context=one.context) for one in group]
+            await asyncio.gather(*alone)
+            return
+        log.warning("a group of %d orders got no answer (%r); reading back what committed", len(group), error)
         try:
-            inserted = await _PLACE_ORDER.scalar(self._engine, params) is not None
+            committed = await asyncio.create_task(self._committed(group), context=contextvars.Context())
+        except Exception:
+            committed = set()
+        if committed:  # the group committed as a whole: its answers are what it would have said
+            for one in group:
+                if not one.placed.done():
+                    one.placed.set_result(one.params["order_id"] in committed)
+            return
+        for one in group:
+            if not one.placed.done():
+                one.placed.set_exception(error)
+
+    async def _committed(self, group: list[_Placement]) -> set[UUID]:
+        async with self._engine.connect() as conn:
+            found = await conn.scalars(_ORDERS_PRESENT, {"ids": [one.params["order_id"] for one in group]})
+            return set(found)
+
+    async def _alone(self, one: _Placement) -> None:
+        try:
+            inserted = await _PLACE_ORDER.scalar(self._engine, one.params) is not None
         except Exception as error:
-            if not placed.done():
-                placed.set_exception(error)
+            if not one.placed.done():
+                one.placed.set_exception(error)
         else:
-            if not placed.done():
-                placed.set_result(inserted)
+            if not one.placed.done():
+                one.placed.set_result(inserted)
+
+
+MAX_GROUP = 256
+"""The most orders one group statement places (and so account turns it holds at once)."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Placement:
+    params: dict[str, Any]
+    placed: asyncio.Future[bool]
+    context: contextvars.Context  # its request's: trace, request id
+
+
+_ORDERS_PRESENT = select(orders.c.id).where(orders.c.id == any_(bindparam("ids", type_=ARRAY(Uuid))))
+
+
+def _sqlstate_of(error: BaseException) -> str | None:
+    sqlstate = getattr(getattr(error, "orig", None), "sqlstate", None)
+    return sqlstate if isinstance(sqlstate, str) else None
 
 
 _PLACEMENTS: weakref.WeakKeyDictionary[AsyncEngine, _Placements] = weakref.WeakKeyDictionary()

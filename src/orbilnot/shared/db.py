@@ -20,6 +20,7 @@ from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.pool import PoolProxiedConnection
+from sqlalchemy.util import greenlet_spawn
 
 from orbilnot.shared.config import ServiceSettings
 
@@ -212,7 +213,9 @@ class DirectStatement:
             raw.invalidate()
             raise
         finally:
-            raw.close()
+            # Inside SQLAlchemy's greenlet, as its own checkin would be: handing a connection back
+            # may mean closing it (an overflow connection, a full pool), which awaits.
+            await greenlet_spawn(raw.close)
 
 
 def _translated(
