@@ -25,7 +25,7 @@ from orbilnot.model import OrderEvent, OrderEventType, PaymentEvent
 from orbilnot.shared import tracing
 from orbilnot.shared.auth import Caller
 from orbilnot.shared.consumer import PARKED, consumed_trace_context
-from orbilnot.shared.db import after_commit, insert_rows, is_transient, unnest_rows
+from orbilnot.shared.db import after_commit, is_transient
 from orbilnot.shared.errors import NotFound
 from orbilnot.shared.observability import FLOW_LATENCY_BUCKETS, ORDER_CREATED_AT_HEADER
 from orbilnot.shared.outbox import outbox_row, record
@@ -82,6 +82,23 @@ _STORE_DECIDED = (
     insert_columns(order_events, _DECIDED_COLUMNS, processed_at=func.now())
     .on_conflict_do_nothing(index_elements=[order_events.c.event_id])
     .returning(order_events.c.event_id)
+)
+# The fallback path's (`receive_order_events`, then the processor's code): stored RECEIVED, then decided.
+_RECEIVED_COLUMNS = tuple(name for name in _DECIDED_COLUMNS if name not in ("description", "result_event_id"))
+_STORE_RECEIVED = insert_columns(order_events, _RECEIVED_COLUMNS).on_conflict_do_nothing(
+    index_elements=[order_events.c.event_id]
+)
+_OUTCOME_COLUMNS = ("event_id", "status", "description", "result_event_id")
+_outcomes = unnest_columns(order_events, _OUTCOME_COLUMNS)
+_SET_DECIDED = (
+    update(order_events)
+    .where(order_events.c.event_id == _outcomes.c.event_id)
+    .values(
+        status=_outcomes.c.status,
+        description=_outcomes.c.description,
+        result_event_id=_outcomes.c.result_event_id,
+        processed_at=func.now(),
+    )
 )
 _LEDGER_COLUMNS = ("account_id", "kind", "amount", "balance_after", "order_number")
 _WRITE_LEDGER = insert_columns(ledger, _LEDGER_COLUMNS)
@@ -209,7 +226,7 @@ async def receive_order_events(conn: AsyncConnection, events: Sequence[OrderEven
         }
         for event in events
     ]
-    await conn.execute(insert_rows(order_events, rows).on_conflict_do_nothing(index_elements=[order_events.c.event_id]))
+    await conn.execute(_STORE_RECEIVED, arrays(rows, _RECEIVED_COLUMNS))
 
 
 @dataclass(frozen=True, slots=True)
@@ -580,17 +597,7 @@ async def _store_decided(
 
 
 async def _set_decided(conn: AsyncConnection, results: list[dict[str, Any]]) -> None:
-    decided = unnest_rows(order_events, results)
-    await conn.execute(
-        update(order_events)
-        .where(order_events.c.event_id == decided.c.event_id)
-        .values(
-            status=decided.c.status,
-            description=decided.c.description,
-            result_event_id=decided.c.result_event_id,
-            processed_at=func.now(),
-        )
-    )
+    await conn.execute(_SET_DECIDED, arrays(results, _OUTCOME_COLUMNS))
 
 
 def _result(

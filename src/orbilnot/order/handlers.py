@@ -44,7 +44,14 @@ from orbilnot.order import domain
 from orbilnot.order.domain import OrderStatus, Withdrawal
 from orbilnot.order.tables import orders, outbox, processed_events
 from orbilnot.shared.auth import Caller
-from orbilnot.shared.db import DirectStatement, after_commit, is_connection_problem, is_transient, savepoint
+from orbilnot.shared.db import (
+    DirectStatement,
+    after_commit,
+    is_connection_problem,
+    is_transient,
+    savepoint,
+    sqlstate_of,
+)
 from orbilnot.shared.errors import Conflict, NotFound
 from orbilnot.shared.outbox import outbox_row, record
 from orbilnot.shared.pagination import DEFAULT_LIMIT, Page, account_list_key, account_list_turn
@@ -203,7 +210,7 @@ _PLACE_ORDER = DirectStatement(_place_order_statement())
 
 def _place_orders_statement() -> Select[tuple[UUID]]:
     """`_place_order_statement` for several orders at once (`_Placements`), the orders of any
-    accounts, each parameter an array with one element per order (`unnest_rows`' reasoning):
+    accounts, each parameter an array with one element per order (`shared/unnest.py`'s reasoning):
 
     1. take the turns of all their accounts, in the order of the sorted keys (`turns`), so two
        such statements that share accounts never deadlock;
@@ -326,7 +333,7 @@ class _Placements:
         return set(await _PLACE_ORDERS.column(self._engine, {"turns": turns, **arrays}))
 
     async def _after_failed_group(self, group: list[_Placement], error: Exception) -> None:
-        refused_by_the_database = _sqlstate_of(error) is not None and not is_connection_problem(error)
+        refused_by_the_database = sqlstate_of(error) is not None and not is_connection_problem(error)
         if refused_by_the_database:
             log.debug("a group of %d orders failed; placing each alone", len(group), exc_info=True)
             alone = [asyncio.create_task(self._alone(one), context=one.context) for one in group]
@@ -374,11 +381,6 @@ class _Placement:
 
 
 _ORDERS_PRESENT = select(orders.c.id).where(orders.c.id == any_(bindparam("ids", type_=ARRAY(Uuid))))
-
-
-def _sqlstate_of(error: BaseException) -> str | None:
-    sqlstate = getattr(getattr(error, "orig", None), "sqlstate", None)
-    return sqlstate if isinstance(sqlstate, str) else None
 
 
 _PLACEMENTS: weakref.WeakKeyDictionary[AsyncEngine, _Placements] = weakref.WeakKeyDictionary()
@@ -616,7 +618,7 @@ async def apply_payment_results(conn: AsyncConnection, events: Sequence[PaymentE
 
 
 # The three statements of `apply_payment_results`, built once (as `_PLACE_ORDER`), each taking a
-# whole batch as arrays (`unnest_rows`' reasoning: one statement text, whatever the batch size).
+# whole batch as arrays (`shared/unnest.py`'s reasoning: one statement text, whatever the batch size).
 _event_ids = func.unnest(bindparam("event_ids", type_=ARRAY(Uuid))).table_valued("event_id").render_derived()
 _RECORD_IN_INBOX = (
     pg_insert(processed_events)

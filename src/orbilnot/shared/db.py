@@ -8,14 +8,11 @@ and Core keeps them visible and cheap.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from typing import Any
 
-from sqlalchemy import Dialect, Select, Table, TableValuedAlias, bindparam, func, select, text
-from sqlalchemy.dialects.postgresql import ARRAY
-from sqlalchemy.dialects.postgresql import Insert as PgInsert
-from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy import Dialect, Select, text
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
@@ -97,37 +94,6 @@ async def savepoint(conn: AsyncConnection) -> AsyncIterator[None]:
         if callbacks is not None:
             del callbacks[registered:]
         raise
-
-
-def unnest_rows(table: Table, rows: Sequence[Mapping[str, Any]], *, numbered: bool = False) -> TableValuedAlias:
-    """`rows` (dicts with the same keys, columns of `table`) as a table for a statement's FROM:
-    `unnest($1::type1[], $2::type2[], …) AS anon_1(col1, col2, …)`, one array per column; with
-    `numbered`, `… WITH ORDINALITY AS anon_1(col1, …, ordinality)`: each row's place in `rows`.
-
-    Many rows in ONE statement of fixed text, whatever their number: PostgreSQL parses, plans and
-    runs it once, and asyncpg prepares it once per connection. (A multi-row VALUES is a new
-    statement for every row count; an executemany is one execution per row.)
-    """
-    names = list(rows[0])
-    arrays = [
-        bindparam(column, [row[column] for row in rows], type_=ARRAY(table.c[column].type), unique=True)
-        for column in names
-    ]
-    unnest = func.unnest(*arrays)
-    if numbered:
-        return unnest.table_valued(*names, with_ordinality="ordinality").render_derived()
-    return unnest.table_valued(*names).render_derived()
-
-
-def insert_rows(table: Table, rows: Sequence[Mapping[str, Any]]) -> PgInsert:
-    """`INSERT INTO table (…) SELECT … FROM unnest(…) WITH ORDINALITY … ORDER BY ordinality`:
-    `rows` in one statement (`unnest_rows`), inserted in their order, so an identity column
-    numbers them in that order (an outbox's ids are its publishing order); the ORDER BY says so
-    rather than relying on how unnest happens to scan. Add `.on_conflict_do_nothing()` or
-    `.returning()` as needed. `rows` must not be empty."""
-    batch = unnest_rows(table, rows, numbered=True)
-    names = list(rows[0])
-    return pg_insert(table).from_select(names, select(*(batch.c[name] for name in names)).order_by(batch.c.ordinality))
 
 
 _Compiled = tuple[str, list[str], dict[str, Any], dict[str, Callable[[Any], Any]]]
@@ -264,7 +230,7 @@ def is_connection_problem(error: BaseException) -> bool:
     # "the database system is starting up / not yet accepting connections" (57P03) that every
     # connect gets while a restarted PostgreSQL runs recovery: only the SQLSTATE tells them apart.
     # Missing it, the consumer dead-lettered every event it took during a restart (issue 4).
-    sqlstate = _sqlstate(error)
+    sqlstate = sqlstate_of(error)
     if sqlstate is not None and sqlstate.startswith(UNAVAILABLE_SQLSTATES):
         return True
     # PoolTimeout: no pooled connection came free in time (the server is slow or reconnecting),
@@ -276,10 +242,11 @@ def is_transient(error: BaseException) -> bool:
     """True when trying the same work again may well succeed: the database was unreachable, or
     PostgreSQL aborted the transaction to settle a conflict with another one (a serialization
     failure or a deadlock). Such errors are retried with backoff, never blamed on an event."""
-    return _sqlstate(error) in CONFLICT_SQLSTATES or is_connection_problem(error)
+    return sqlstate_of(error) in CONFLICT_SQLSTATES or is_connection_problem(error)
 
 
-def _sqlstate(error: BaseException) -> str | None:
+def sqlstate_of(error: BaseException) -> str | None:
+    """The SQLSTATE PostgreSQL answered with, if `error` carries one (None: no answer from it)."""
     sqlstate = getattr(getattr(error, "orig", None), "sqlstate", None) or getattr(error, "sqlstate", None)
     return sqlstate if isinstance(sqlstate, str) else None
 
